@@ -1,0 +1,23 @@
+//! Shoal's core: everything a node decides, with no I/O of its own.
+//!
+//! The crate is `#![no_std]` and never allocates. It is driven by a host node
+//! (Tokio), a firmware image (embassy) or the simulator, which differ only in
+//! how they move bytes, keep time and store data.
+//!
+//! Layers, bottom up:
+//! - [`time`], [`id`]: the driver-supplied clock and the names of things.
+//! - [`wire`]: datagram header, AEAD sealing under the cluster key, replay window.
+//! - [`link`]: per-peer reliable delivery (sequence numbers, acks, RTO, window,
+//!   fragmentation) on top of sealed datagrams.
+//! - [`router`]: weighted rendezvous hashing from a key to an ordered replica set.
+//! - [`member`]: SWIM membership — who is in the cluster, and alive.
+//! - [`node`]: the [`Node`](node::Node) that composes them behind one sans-IO API.
+#![cfg_attr(not(test), no_std)]
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod id;
+pub mod time;
+
+pub use id::{NodeId, NodeKind, Pool, PoolSet};
+pub use time::{Duration, Instant};

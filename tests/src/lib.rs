@@ -1,0 +1,1 @@
+//! Shoal's deterministic simulator and cluster test harness.

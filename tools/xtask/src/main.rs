@@ -1,0 +1,3 @@
+//! `cargo xtask`: Shoal's development tasks.
+
+fn main() {}
