@@ -18,6 +18,7 @@
 
 pub mod id;
 pub mod time;
+pub mod wire;
 
 pub use id::{NodeId, NodeKind, Pool, PoolSet};
 pub use time::{Duration, Instant};
