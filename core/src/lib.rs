@@ -17,6 +17,9 @@
 #![warn(missing_docs)]
 
 pub mod id;
+pub mod member;
+pub mod rng;
+pub mod router;
 pub mod time;
 pub mod wire;
 

@@ -206,7 +206,7 @@ mod tests {
         let same = Sealer::new(&ClusterKey([1; 32]), NodeId(2), 1);
         let (buf, n) = sealed(&mut a, b"payload");
         assert_eq!(
-            other.open(&mut buf.clone()[..n]).unwrap_err(),
+            other.open(&mut { buf }[..n]).unwrap_err(),
             OpenError::Authentication
         );
         for i in 0..n {
@@ -219,7 +219,7 @@ mod tests {
             );
         }
         assert_eq!(
-            same.open(&mut buf.clone()[..5]).unwrap_err(),
+            same.open(&mut { buf }[..5]).unwrap_err(),
             OpenError::Malformed
         );
     }
