@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod id;
+pub mod router;
 pub mod time;
 
 pub use id::{NodeId, NodeKind, Pool, PoolSet};
