@@ -49,10 +49,11 @@
 //! 1. **Draw.** The first 8 bytes of the digest (little-endian) seed a
 //!    SplitMix64 generator and the node id selects its output:
 //!    `h = mix(k + id·γ)`, with SplitMix64's golden-ratio increment `γ` and its
-//!    64-bit avalanche finaliser `mix` (two multiplies, three xor-shifts). It
-//!    costs a few nanoseconds — a SHA-256 per candidate would cost a hundred
-//!    times more on the lookup path. The draw is `u = x / 2⁶⁴` with
-//!    `x = h | 1`, an odd integer, so `u` is never 0 or 1.
+//!    64-bit avalanche finaliser `mix` (two multiplies, three xor-shifts).
+//!    A SHA-256 of (digest, id) per candidate would also do, but costs
+//!    several times the whole score on a host with SHA instructions and far
+//!    more on a microcontroller. The draw is `u = x / 2⁶⁴` with `x = h | 1`,
+//!    an odd integer, so `u` is never 0 or 1.
 //! 2. **Logarithm.** `-log2(u) = 64 - log2(x)`. The integer part of `log2(x)`
 //!    is the position of the leading one bit. The mantissa `m ∈ [1, 2)` is
 //!    split as `m = cᵢ · (1 + r)` where `cᵢ = 1 + i/128` comes from the 7 bits
@@ -123,8 +124,8 @@ impl KeyDigest {
     /// The 64 bits of the digest that seed the router's per-node draws: its
     /// first eight bytes, little-endian.
     pub const fn seed(&self) -> u64 {
-        let [b0, b1, b2, b3, b4, b5, b6, b7, ..] = self.0;
-        u64::from_le_bytes([b0, b1, b2, b3, b4, b5, b6, b7])
+        let [b0, b1, b2, b3, b4, b5, b6, b7, ..] = &self.0;
+        u64::from_le_bytes([*b0, *b1, *b2, *b3, *b4, *b5, *b6, *b7])
     }
 }
 
@@ -158,7 +159,12 @@ pub type ReplicaSet<const N: usize> = heapless::Vec<NodeId, N>;
 /// integer math: the same inputs give the same `u128` on every platform.
 /// Weight `0` scores `0`; any positive weight scores at least `2³³`.
 pub fn score(key: &KeyDigest, id: NodeId, weight: u32) -> u128 {
-    let l = neg_log2_q57(draw(key.seed(), id));
+    score_seeded(key.seed(), id, weight)
+}
+
+/// [`score`] for a key given by its [`seed`](KeyDigest::seed).
+fn score_seeded(seed: u64, id: NodeId, weight: u32) -> u128 {
+    let l = neg_log2_q57(draw(seed, id));
     // `neg_log2_q57` never returns 0; the fallback only keeps the division
     // visibly total.
     let l = NonZeroU128::new(u128::from(l)).unwrap_or(NonZeroU128::MIN);
@@ -176,10 +182,11 @@ pub fn replicas<const N: usize>(
     pool: Pool,
     key: &KeyDigest,
 ) -> ReplicaSet<N> {
+    let seed = key.seed();
     let mut ranking = Ranking::<N>::new();
     for c in eligible(candidates, pool) {
         ranking.offer(Ranked {
-            score: score(key, c.id, c.weight),
+            score: score_seeded(seed, c.id, c.weight),
             id: c.id,
         });
     }
@@ -193,9 +200,10 @@ pub fn primary(
     pool: Pool,
     key: &KeyDigest,
 ) -> Option<NodeId> {
+    let seed = key.seed();
     eligible(candidates, pool)
         .map(|c| Ranked {
-            score: score(key, c.id, c.weight),
+            score: score_seeded(seed, c.id, c.weight),
             id: c.id,
         })
         .reduce(|best, next| if next.beats(&best) { next } else { best })
@@ -246,6 +254,12 @@ impl<const N: usize> Ranking<N> {
     /// Takes `entry` if it is among the best `N`, keeping the order.
     fn offer(&mut self, entry: Ranked) {
         let len = self.len;
+        // Most candidates lose to the current last place: stop before
+        // looking for their id (a node already listed holds at least that
+        // place, so it cannot improve either).
+        if len == N && self.entries.last().is_some_and(|last| !entry.beats(last)) {
+            return;
+        }
         let at = match self.entries.iter().take(len).position(|e| e.id == entry.id) {
             // The same node again: it may only improve its own entry.
             Some(at) => at,
@@ -333,7 +347,16 @@ const TABLE_LEN: usize = 1 << TABLE_BITS;
 
 /// `RECIP[i] = ⌈2⁶³ / cᵢ⌉` with `cᵢ = 1 + i/128`: `1/cᵢ` in `Q1.63`, rounded
 /// up so that `m · RECIP[i] ≥ 1` whenever `m ≥ cᵢ`.
-const RECIP: [u64; TABLE_LEN] = {
+///
+/// The tables are `static`, not `const`, so that each has one copy in flash
+/// rather than one per use.
+static RECIP: [u64; TABLE_LEN] = recip_table();
+
+/// `LOG[i] = -log2(RECIP[i] / 2⁶³)` in `Q0.63`: the exact logarithm of the
+/// reciprocal actually used, so its rounding cancels.
+static LOG: [u64; TABLE_LEN] = log_table();
+
+const fn recip_table() -> [u64; TABLE_LEN] {
     let mut table = [0u64; TABLE_LEN];
     let mut i = 0;
     while i < TABLE_LEN {
@@ -343,17 +366,16 @@ const RECIP: [u64; TABLE_LEN] = {
         i += 1;
     }
     table
-};
+}
 
-/// `LOG[i] = -log2(RECIP[i] / 2⁶³)` in `Q0.63`: the exact logarithm of the
-/// reciprocal actually used, so its rounding cancels.
-const LOG: [u64; TABLE_LEN] = {
+const fn log_table() -> [u64; TABLE_LEN] {
+    let recip = recip_table();
     let mut table = [0u64; TABLE_LEN];
     let mut i = 0;
     while i < TABLE_LEN {
         // RECIP[i] / 2⁶³ ∈ (1/2, 1], so -log2 of it is 1 - log2(RECIP[i] / 2⁶²),
         // with RECIP[i] / 2⁶² ∈ (1, 2].
-        let r = RECIP[i] as u128;
+        let r = recip[i] as u128;
         table[i] = if r == 1 << 63 {
             0
         } else {
@@ -362,7 +384,7 @@ const LOG: [u64; TABLE_LEN] = {
         i += 1;
     }
     table
-};
+}
 
 /// `log2(z / 2⁶³)` in `Q0.63` for `z / 2⁶³ ∈ [1, 2)`, one bit at a time:
 /// square the value, and each time it reaches 2 emit a one and halve it.
@@ -391,6 +413,12 @@ const LOG2_E_Q62: u64 = 0x5c55_1d94_ae0b_f85e;
 const fn series(k: u64) -> u64 {
     (LOG2_E_Q62 + k / 2) / k
 }
+const C1: u64 = series(1);
+const C2: u64 = series(2);
+const C3: u64 = series(3);
+const C4: u64 = series(4);
+const C5: u64 = series(5);
+const C6: u64 = series(6);
 
 /// `(a · b) / 2^shift` for fixed-point `a`, `b`.
 const fn mul_shift(a: u64, b: u64, shift: u32) -> u64 {
@@ -399,7 +427,8 @@ const fn mul_shift(a: u64, b: u64, shift: u32) -> u64 {
 
 /// `log2(m / 2⁶³)` in `Q0.63`, for `m` with its top bit set (`m / 2⁶³ ∈ [1, 2)`).
 fn log2_mantissa_q63(m: u64) -> u64 {
-    // The 7 bits after the leading one choose cᵢ ≤ m.
+    // The 7 bits after the leading one choose cᵢ ≤ m; the mask keeps the
+    // row index below TABLE_LEN.
     let i = (m >> (63 - TABLE_BITS)) as usize & (TABLE_LEN - 1);
     let (recip, log_c) = (RECIP[i], LOG[i]);
     // y = m / cᵢ ∈ [1, 1 + 2⁻⁷) in Q1.63; r = y - 1.
@@ -407,12 +436,12 @@ fn log2_mantissa_q63(m: u64) -> u64 {
     let r = y.saturating_sub(1 << 63);
     // log2(1 + r) = r (c₁ - r (c₂ - r (c₃ - r (c₄ - r (c₅ - r c₆))))),
     // cₖ = 1 / (k ln 2); every bracket stays positive for r < 2⁻⁷.
-    let mut acc = series(6);
-    acc = series(5).saturating_sub(mul_shift(r, acc, 63));
-    acc = series(4).saturating_sub(mul_shift(r, acc, 63));
-    acc = series(3).saturating_sub(mul_shift(r, acc, 63));
-    acc = series(2).saturating_sub(mul_shift(r, acc, 63));
-    acc = series(1).saturating_sub(mul_shift(r, acc, 63));
+    let mut acc = C6;
+    acc = C5.saturating_sub(mul_shift(r, acc, 63));
+    acc = C4.saturating_sub(mul_shift(r, acc, 63));
+    acc = C3.saturating_sub(mul_shift(r, acc, 63));
+    acc = C2.saturating_sub(mul_shift(r, acc, 63));
+    acc = C1.saturating_sub(mul_shift(r, acc, 63));
     mul_shift(r, acc, 62).saturating_add(log_c)
 }
 
