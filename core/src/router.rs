@@ -59,7 +59,8 @@
 //!    split as `m = cᵢ · (1 + r)` where `cᵢ = 1 + i/128` comes from the 7 bits
 //!    after the leading one, `1 + r` is found by multiplying with a stored
 //!    reciprocal of `cᵢ` (so `0 ≤ r < 2⁻⁷`), `log2(cᵢ)` is read from a
-//!    128-entry table, and `log2(1 + r)` is the Taylor series
+//!    128-entry table (holding the logarithm of the stored reciprocal itself,
+//!    so the reciprocal's rounding cancels), and `log2(1 + r)` is the series
 //!    `(r - r²/2 + r³/3 - … - r⁶/6) / ln 2`. Both tables are computed by the
 //!    compiler from their definitions (`const fn`, bit-by-bit logarithm).
 //!    The result `L = -log2(u)` is kept in unsigned fixed point with 57
