@@ -132,8 +132,8 @@ fn replica_sets_change_only_by_the_changed_node() {
     }
 }
 
-/// Keys per node for `view`, counted by the primary owner, as max / mean.
-fn max_over_mean(view: &[Candidate]) -> f64 {
+/// Keys per node of `view` over all load keys, counted at the primary owner.
+fn loads(view: &[Candidate]) -> Vec<u32> {
     let mut load = vec![0u32; view.len()];
     for key in digests() {
         // The primary by `score` directly, as `primary` does it, without the
@@ -147,7 +147,11 @@ fn max_over_mean(view: &[Candidate]) -> f64 {
         }
         load[best] += 1;
     }
-    let max = f64::from(*load.iter().max().unwrap());
+    load
+}
+
+fn max_over_mean(view: &[Candidate]) -> f64 {
+    let max = f64::from(*loads(view).iter().max().unwrap());
     let mean = LOAD_KEYS as f64 / view.len() as f64;
     max / mean
 }
@@ -175,7 +179,7 @@ fn equal_weights_balance_256() {
 
 #[test]
 fn primary_by_score_agrees_with_primary() {
-    // `max_over_mean` picks owners by `score` for speed; check that it is the
+    // `loads` picks owners by `score` for speed; check that it is the
     // same choice as `primary` (ties aside, which do not occur here).
     let view = equal_view(64);
     for key in &digests()[..2_000] {
@@ -207,17 +211,7 @@ fn shares_follow_weights() {
         .collect();
     let total: u32 = view.iter().map(|c| c.weight).sum();
 
-    let mut load = vec![0u32; view.len()];
-    for key in digests() {
-        let (mut best, mut best_score) = (0, 0);
-        for (i, c) in view.iter().enumerate() {
-            let s = score(key, c.id, c.weight);
-            if s > best_score {
-                (best, best_score) = (i, s);
-            }
-        }
-        load[best] += 1;
-    }
+    let load = loads(&view);
 
     let mut worst = 0f64;
     let mut checked = 0;
