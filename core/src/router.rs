@@ -95,7 +95,7 @@ use crate::id::{NodeId, Pool, PoolSet};
 ///
 /// The router reads only its first eight bytes; the rest stays available to
 /// callers that want a content address (file chunks are named by theirs).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct KeyDigest(pub [u8; 32]);
 

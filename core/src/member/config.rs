@@ -26,8 +26,11 @@ pub struct MemberConfig {
     /// How long dead members still receive gossip, so a healed partition
     /// learns it was declared dead and refutes.
     pub gossip_to_dead: Duration,
-    /// How often a full push-pull sync runs with one random member.
+    /// How often a full push-pull sync runs with one random member: a live
+    /// one, or every other time a dead one (so healed partitions reconnect).
     pub sync_interval: Duration,
+    /// How long a dead member is still tried by sync before it is given up.
+    pub reconnect_timeout: Duration,
     /// How often a joining node retries its seeds.
     pub join_retry: Duration,
 }
@@ -43,7 +46,8 @@ impl Default for MemberConfig {
             gossip_interval: Duration::from_millis(200),
             gossip_nodes: 3,
             gossip_to_dead: Duration::from_secs(30),
-            sync_interval: Duration::from_secs(5),
+            sync_interval: Duration::from_secs(10),
+            reconnect_timeout: Duration::from_secs(24 * 3600),
             join_retry: Duration::from_secs(1),
         }
     }

@@ -137,6 +137,10 @@ pub struct Membership<const N: usize> {
     outbox: heapless::Deque<Intent, OUTBOX>,
     events: heapless::Deque<MemberEvent, EVENTS>,
     stats: MemberStats,
+    /// Set while handling a message whose sender holds stale news.
+    correct_sender: bool,
+    /// Quick syncs left after joining, so a lost sync page costs seconds.
+    early_syncs: u8,
 }
 
 impl<const N: usize> Membership<N> {
@@ -178,6 +182,8 @@ impl<const N: usize> Membership<N> {
             outbox: heapless::Deque::new(),
             events: heapless::Deque::new(),
             stats: MemberStats::default(),
+            correct_sender: false,
+            early_syncs: 0,
         }
     }
 
@@ -233,6 +239,11 @@ impl<const N: usize> Membership<N> {
         &self.stats
     }
 
+    /// The member this node is probing now, if any.
+    pub fn probing(&self) -> Option<NodeId> {
+        self.probe.map(|p| p.target)
+    }
+
     /// Whether this node has heard from at least one other member.
     pub fn is_joined(&self) -> bool {
         self.next_join.is_none()
@@ -281,6 +292,18 @@ impl<const N: usize> Membership<N> {
 
     /// A membership message from `from`, whose datagram came from `src`.
     pub fn handle_message(&mut self, now: Instant, from: NodeId, src: SocketAddr, msg: Message) {
+        self.correct_sender = false;
+        self.dispatch(now, from, src, msg);
+        if self.correct_sender {
+            // The sender believes something older than we know (that we
+            // failed, or a stale suspicion of another member): answer it at
+            // once rather than waiting for gossip to find it.
+            let to = self.reply_addr(from, src);
+            self.emit(Intent::Gossip { to });
+        }
+    }
+
+    fn dispatch(&mut self, now: Instant, from: NodeId, src: SocketAddr, msg: Message) {
         match msg {
             Message::Ping {
                 seq,
@@ -323,10 +346,21 @@ impl<const N: usize> Membership<N> {
             Message::Gossip { gossip } => self.merge_all(now, gossip.iter()),
             Message::Sync { reply, records } => {
                 for r in records.iter() {
-                    self.merge(now, &Update::from_record(r));
+                    // As memberlist does: a peer's "dead" only makes us
+                    // suspect, so a member we still hear from can refute.
+                    let update = match r.state {
+                        State::Dead => Update::Suspect {
+                            id: r.id,
+                            version: r.version,
+                        },
+                        _ => Update::from_record(r),
+                    };
+                    self.merge(now, &update);
                 }
                 if self.next_join.is_some() && from != self.local.id {
                     self.next_join = None;
+                    self.early_syncs = 2;
+                    self.next_sync = now + self.config.join_retry;
                 }
                 if reply {
                     let to = self.reply_addr(from, src);
@@ -373,7 +407,15 @@ impl<const N: usize> Membership<N> {
             }
         }
         if now >= self.next_sync {
-            self.next_sync = now + self.config.sync_interval;
+            // Jittered (0.5–1.5 intervals) so nodes started together do not
+            // sync in lockstep, which would leave long quiet gaps.
+            let interval = self.config.sync_interval.as_micros() as usize;
+            let jitter = interval / 2 + self.rng.below(interval.max(1));
+            self.next_sync = now + crate::Duration::from_micros(jitter as u64);
+            if self.early_syncs > 0 {
+                self.early_syncs -= 1;
+                self.next_sync = now + self.config.join_retry;
+            }
             self.sync_round(now);
         }
     }
@@ -500,6 +542,19 @@ impl<const N: usize> Membership<N> {
         None
     }
 
+    /// Puts a new (or returning) member at a random place in the current
+    /// probe round, as memberlist does, so it is probed this round rather
+    /// than after everyone else's round ends.
+    fn add_to_probe_order(&mut self, id: NodeId) {
+        if self.probe_order.contains(&id) {
+            return;
+        }
+        let at = self.rng.below(self.probe_order.len() + 1);
+        if self.probe_order.insert(at, id).is_err() {
+            // Full: the member joins at the next reshuffle.
+        }
+    }
+
     fn indirect_probe(&mut self, p: Probe) {
         if let Some(pr) = self.probe.as_mut() {
             pr.indirect_sent = true;
@@ -611,7 +666,23 @@ impl<const N: usize> Membership<N> {
     }
 
     fn sync_round(&mut self, now: Instant) {
-        let targets = self.reachable(now);
+        let has_dead = self.members.iter().any(|m| {
+            m.state() == State::Dead
+                && now.saturating_since(m.since) < self.config.reconnect_timeout
+        });
+        let reconnect = has_dead && self.early_syncs == 0 && self.rng.below(2) == 0;
+        let mut targets = heapless::Vec::<NodeId, N>::new();
+        for m in &self.members {
+            let wanted = if reconnect {
+                m.state() == State::Dead
+                    && now.saturating_since(m.since) < self.config.reconnect_timeout
+            } else {
+                m.state().is_live()
+            };
+            if wanted {
+                let _ = targets.push(m.id());
+            }
+        }
         let Some(&t) = targets.get(self.rng.below(targets.len())) else {
             return;
         };
@@ -745,6 +816,17 @@ impl<const N: usize> Membership<N> {
         };
         let m = &mut self.members[i];
         let cur = m.record.version;
+        let version = match update {
+            Update::Alive { version, .. }
+            | Update::Suspect { version, .. }
+            | Update::Dead { version, .. }
+            | Update::Left { version, .. } => *version,
+        };
+        if version < cur && m.state() != State::Left {
+            self.broadcasts.push(id);
+            self.correct_sender = true;
+            return;
+        }
         let event = match update {
             Update::Alive {
                 version, profile, ..
@@ -759,6 +841,9 @@ impl<const N: usize> Membership<N> {
                 m.suspect_deadline = None;
                 if was != State::Alive {
                     m.since = now;
+                }
+                if !was.is_live() {
+                    self.add_to_probe_order(id);
                 }
                 (was != State::Alive || version.epoch != cur.epoch).then_some(MemberEvent::Up(id))
             }
@@ -824,6 +909,7 @@ impl<const N: usize> Membership<N> {
         self.local.version = self.local.version.refuting(version);
         self.stats.refutations += 1;
         self.broadcasts.push(self.local.id);
+        self.correct_sender = true;
     }
 
     fn insert(&mut self, member: Member) {
@@ -849,6 +935,7 @@ impl<const N: usize> Membership<N> {
             }
         }
         let _ = self.members.push(member);
+        self.add_to_probe_order(id);
         self.broadcasts.push(id);
         self.event(MemberEvent::Up(id));
     }
