@@ -940,3 +940,6 @@ impl<const N: usize> Membership<N> {
         self.event(MemberEvent::Up(id));
     }
 }
+
+#[cfg(test)]
+mod tests;
