@@ -20,6 +20,7 @@ pub mod id;
 pub mod member;
 pub mod rng;
 pub mod router;
+pub mod store;
 pub mod time;
 pub mod wire;
 

@@ -1,0 +1,230 @@
+//! Storage: the one trait every node's store implements, and a RAM store.
+//!
+//! Values live in a few key spaces. A host node stores them durably (redb
+//! in node-std); firmware keeps them in a fixed RAM arena. A `put` returns
+//! only once the value is as durable as the store can make it, so a node
+//! acknowledges a write only after its store said yes.
+
+/// A key space within a store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[repr(u8)]
+pub enum Space {
+    /// The node's own small state: identity, boot epoch.
+    Local = 0,
+    /// Replicated records (file metadata, rows, tasks).
+    Records = 1,
+    /// Content-addressed chunks.
+    Chunks = 2,
+}
+
+impl Space {
+    /// Every space, in wire order.
+    pub const ALL: [Space; 3] = [Space::Local, Space::Records, Space::Chunks];
+
+    /// A stable name, for on-disk tables and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Space::Local => "local",
+            Space::Records => "records",
+            Space::Chunks => "chunks",
+        }
+    }
+}
+
+/// Why a store refused an operation. Nothing was changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum StoreError {
+    /// No room left: free space (remove data) or place the value elsewhere.
+    Full,
+    /// The key or value exceeds what this store takes in one entry.
+    TooLarge,
+    /// The caller's buffer is smaller than the stored value.
+    BufferTooSmall,
+    /// The medium failed (I/O error); the operator should look at the disk.
+    Io,
+    /// Stored bytes failed their integrity check.
+    Corrupt,
+}
+
+impl core::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            StoreError::Full => "store full",
+            StoreError::TooLarge => "key or value too large for this store",
+            StoreError::BufferTooSmall => "buffer smaller than the stored value",
+            StoreError::Io => "storage I/O error",
+            StoreError::Corrupt => "stored data failed its integrity check",
+        })
+    }
+}
+
+impl core::error::Error for StoreError {}
+
+/// How full a store is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Usage {
+    /// Bytes of keys and values held.
+    pub bytes: u64,
+    /// Entries held.
+    pub entries: u64,
+    /// Bytes the store may hold in all, if bounded.
+    pub capacity: Option<u64>,
+}
+
+/// A node's local store.
+pub trait Storage {
+    /// Copies the value under `key` into `out`, returning its length, or
+    /// `None` when absent.
+    fn get(&self, space: Space, key: &[u8], out: &mut [u8]) -> Result<Option<usize>, StoreError>;
+
+    /// Stores `value` under `key`, replacing any old value; durable when it
+    /// returns `Ok`.
+    fn put(&mut self, space: Space, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
+
+    /// Removes `key`; whether it was there.
+    fn remove(&mut self, space: Space, key: &[u8]) -> Result<bool, StoreError>;
+
+    /// How full the store is.
+    fn usage(&self) -> Usage;
+}
+
+/// A store in a fixed RAM arena of `BYTES` bytes and at most `ENTRIES`
+/// entries. Values are kept packed; a removal compacts the arena.
+pub struct RamStore<const BYTES: usize, const ENTRIES: usize> {
+    arena: [u8; BYTES],
+    used: usize,
+    /// (space, offset, key length, value length), in arena order.
+    index: heapless::Vec<(Space, usize, usize, usize), ENTRIES>,
+}
+
+impl<const BYTES: usize, const ENTRIES: usize> Default for RamStore<BYTES, ENTRIES> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const BYTES: usize, const ENTRIES: usize> RamStore<BYTES, ENTRIES> {
+    /// An empty store.
+    pub const fn new() -> Self {
+        RamStore {
+            arena: [0; BYTES],
+            used: 0,
+            index: heapless::Vec::new(),
+        }
+    }
+
+    fn find(&self, space: Space, key: &[u8]) -> Option<usize> {
+        self.index.iter().position(|&(s, off, kl, _)| {
+            s == space && self.arena.get(off..off + kl) == Some(key)
+        })
+    }
+
+    fn remove_at(&mut self, i: usize) {
+        let (_, off, kl, vl) = self.index.remove(i);
+        let len = kl + vl;
+        self.arena.copy_within(off + len..self.used, off);
+        self.used -= len;
+        for e in self.index.iter_mut().skip(i) {
+            e.1 -= len;
+        }
+    }
+}
+
+impl<const BYTES: usize, const ENTRIES: usize> Storage for RamStore<BYTES, ENTRIES> {
+    fn get(&self, space: Space, key: &[u8], out: &mut [u8]) -> Result<Option<usize>, StoreError> {
+        let Some(i) = self.find(space, key) else {
+            return Ok(None);
+        };
+        let (_, off, kl, vl) = self.index[i];
+        let dst = out.get_mut(..vl).ok_or(StoreError::BufferTooSmall)?;
+        dst.copy_from_slice(&self.arena[off + kl..off + kl + vl]);
+        Ok(Some(vl))
+    }
+
+    fn put(&mut self, space: Space, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let len = key.len() + value.len();
+        if len > BYTES {
+            return Err(StoreError::TooLarge);
+        }
+        let old = self.find(space, key);
+        let freed = old.map_or(0, |i| self.index[i].2 + self.index[i].3);
+        if self.used - freed + len > BYTES {
+            return Err(StoreError::Full);
+        }
+        if old.is_none() && self.index.is_full() {
+            return Err(StoreError::Full);
+        }
+        if let Some(i) = old {
+            self.remove_at(i);
+        }
+        let off = self.used;
+        self.arena[off..off + key.len()].copy_from_slice(key);
+        self.arena[off + key.len()..off + len].copy_from_slice(value);
+        self.used += len;
+        // Cannot fail: an entry was removed above, or there was room.
+        let _ = self.index.push((space, off, key.len(), value.len()));
+        Ok(())
+    }
+
+    fn remove(&mut self, space: Space, key: &[u8]) -> Result<bool, StoreError> {
+        match self.find(space, key) {
+            Some(i) => {
+                self.remove_at(i);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn usage(&self) -> Usage {
+        Usage {
+            bytes: self.used as u64,
+            entries: self.index.len() as u64,
+            capacity: Some(BYTES as u64),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_get_replace_remove() {
+        let mut s = RamStore::<64, 4>::new();
+        let mut out = [0u8; 16];
+        s.put(Space::Records, b"a", b"one").unwrap();
+        s.put(Space::Chunks, b"a", b"two").unwrap();
+        assert_eq!(s.get(Space::Records, b"a", &mut out), Ok(Some(3)));
+        assert_eq!(&out[..3], b"one");
+        s.put(Space::Records, b"a", b"three").unwrap();
+        assert_eq!(s.get(Space::Records, b"a", &mut out), Ok(Some(5)));
+        assert_eq!(&out[..5], b"three");
+        assert_eq!(s.get(Space::Chunks, b"a", &mut out), Ok(Some(3)));
+        assert_eq!(&out[..3], b"two");
+        assert_eq!(s.remove(Space::Records, b"a"), Ok(true));
+        assert_eq!(s.remove(Space::Records, b"a"), Ok(false));
+        assert_eq!(s.get(Space::Chunks, b"a", &mut out), Ok(Some(3)));
+        assert_eq!(s.usage().bytes, 4);
+    }
+
+    #[test]
+    fn full_store_refuses_and_keeps_what_it_had() {
+        let mut s = RamStore::<10, 2>::new();
+        s.put(Space::Local, b"k", b"12345678").unwrap();
+        assert_eq!(s.put(Space::Local, b"j", b"12"), Err(StoreError::Full));
+        assert_eq!(s.put(Space::Local, b"j", &[0; 20]), Err(StoreError::TooLarge));
+        let mut out = [0u8; 4];
+        assert_eq!(s.get(Space::Local, b"k", &mut out), Err(StoreError::BufferTooSmall));
+        let mut out = [0u8; 8];
+        assert_eq!(s.get(Space::Local, b"k", &mut out), Ok(Some(8)));
+        // Replacing in place may use the room the old value frees.
+        s.put(Space::Local, b"k", b"abcdefgh").unwrap();
+        s.put(Space::Local, b"k", b"x").unwrap();
+        s.put(Space::Local, b"j", b"y").unwrap();
+        assert_eq!(s.put(Space::Local, b"i", b"z"), Err(StoreError::Full));
+    }
+}
