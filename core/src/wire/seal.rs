@@ -13,6 +13,35 @@ pub const TAG_LEN: usize = 16;
 #[derive(Clone)]
 pub struct ClusterKey(pub [u8; 32]);
 
+impl ClusterKey {
+    /// Parses 64 hexadecimal digits (surrounding whitespace allowed), the
+    /// form key files hold.
+    pub fn from_hex(text: &str) -> Option<ClusterKey> {
+        let text = text.trim().as_bytes();
+        if text.len() != 64 {
+            return None;
+        }
+        let mut key = [0u8; 32];
+        for (byte, pair) in key.iter_mut().zip(text.chunks_exact(2)) {
+            let hi = (pair[0] as char).to_digit(16)?;
+            let lo = (pair[1] as char).to_digit(16)?;
+            *byte = (hi * 16 + lo) as u8;
+        }
+        Some(ClusterKey(key))
+    }
+
+    /// The key as 64 lowercase hexadecimal digits.
+    pub fn to_hex(&self) -> [u8; 64] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 64];
+        for (i, b) in self.0.iter().enumerate() {
+            out[2 * i] = DIGITS[usize::from(b >> 4)];
+            out[2 * i + 1] = DIGITS[usize::from(b & 15)];
+        }
+        out
+    }
+}
+
 impl core::fmt::Debug for ClusterKey {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str("ClusterKey(..)")
@@ -166,6 +195,18 @@ mod tests {
         buf[HEADER_LEN..HEADER_LEN + body.len()].copy_from_slice(body);
         let n = s.seal(Kind::Datagram, &mut buf, body.len()).unwrap();
         (buf, n)
+    }
+
+    #[test]
+    fn key_hex_round_trip() {
+        let key = ClusterKey([0xa5; 32]);
+        let hex = key.to_hex();
+        let text = core::str::from_utf8(&hex).unwrap();
+        assert_eq!(ClusterKey::from_hex(text).unwrap().0, key.0);
+        assert!(ClusterKey::from_hex("  00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff\n").is_some());
+        assert!(ClusterKey::from_hex("00").is_none());
+        assert!(ClusterKey::from_hex(&"zz".repeat(32)).is_none());
+        assert!(ClusterKey::from_hex(&"é".repeat(32)).is_none());
     }
 
     #[test]
