@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod id;
+pub mod link;
 pub mod member;
 pub mod rng;
 pub mod router;

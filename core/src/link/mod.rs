@@ -1,0 +1,965 @@
+//! The reliable link: per-peer, acknowledged, windowed delivery of messages
+//! up to 16 KiB over sealed datagrams.
+//!
+//! - **Fragments.** A message is split into up to [`MAX_FRAGMENTS`] data
+//!   frames of at most [`FRAGMENT`] bytes with consecutive sequence numbers
+//!   ([`frame`] has the layout). Each peer has one sequence space per
+//!   direction.
+//! - **Acks.** The receiver acknowledges cumulatively plus a 32-bit selective
+//!   ack, piggybacked on data frames or sent alone: at once for out-of-order
+//!   and duplicate frames, otherwise after two frames or `ack_delay`.
+//! - **Retransmission.** Each fragment has a timer from an RFC 6298 estimate
+//!   (Karn's rule: no samples from retransmitted fragments), doubled on every
+//!   retransmission up to `rto_max`; three later fragments acknowledged
+//!   before it trigger a fast retransmit. After `max_retransmits` the whole
+//!   message fails with [`LinkEvent::Failed`] — never a silent drop. The
+//!   worst case from first send to failure is [`LinkConfig::failure_bound`].
+//! - **Window.** At most `window` fragments are unacknowledged per peer, and
+//!   none is sent more than 32 sequence numbers past the oldest unacked one,
+//!   so a sender never overruns a small receiver (an MCU NIC holds ~10 KB).
+//! - **Bounded memory, no deadlock.** Sending copies a message into `S`
+//!   transmit slots or fails with [`SendError::Full`]. Receiving reserves all
+//!   of a message's slots (out of `S` receive slots) when its first fragment
+//!   arrives, in any order; a fragment that cannot reserve is dropped unacked
+//!   and retransmitted later. An acknowledged fragment is never dropped, and
+//!   every reserved message can complete, so the pool cannot deadlock.
+//!   Complete messages are handed out by [`Link::poll_received`] in the
+//!   order they complete; each exactly once.
+//! - **Restarts.** Receive state belongs to the sender's epoch (from the
+//!   authenticated header). A higher epoch drops it; a data frame that does
+//!   not start a stream (seq ≠ 0) with no receive state is answered with a
+//!   `Reset` naming its seq, and a sender that holds that seq renumbers its
+//!   unfinished messages from 0 and sends them again. Learning of a peer's
+//!   higher epoch (from a frame or from [`Link::send`]) does the same.
+//!
+//! # Call order
+//! [`Link::send`] (command) and [`Link::handle_frame`] / [`Link::handle_timeout`]
+//! (inputs) in any order; after each, drain [`Link::poll_transmit`],
+//! [`Link::poll_received`] and [`Link::poll_event`], then sleep until
+//! [`Link::poll_timeout`].
+
+pub mod frame;
+mod rtt;
+
+pub use frame::{FRAGMENT, Frame, MAX_FRAGMENTS, MAX_FRAME};
+pub use rtt::RttEstimator;
+
+use frame::Ack;
+
+use crate::{Duration, Instant, NodeId};
+
+/// Link settings.
+#[derive(Clone, Copy, Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct LinkConfig {
+    /// Most unacknowledged fragments in flight per peer.
+    pub window: u16,
+    /// Retransmission timeout before any RTT sample.
+    pub rto_initial: Duration,
+    /// Least retransmission timeout.
+    pub rto_min: Duration,
+    /// Greatest retransmission timeout (backoff stops doubling here).
+    pub rto_max: Duration,
+    /// Retransmissions of one fragment before its message fails.
+    pub max_retransmits: u8,
+    /// Longest a receiver delays an acknowledgement.
+    pub ack_delay: Duration,
+    /// Largest message accepted by `send` (at most `MAX_FRAGMENTS × FRAGMENT`).
+    pub max_message: usize,
+}
+
+impl Default for LinkConfig {
+    /// Tuned for LANs: 8 fragments (≈ 9 KB) in flight fit a microcontroller
+    /// NIC; a 200 ms first timeout, 10 ms to 2 s afterwards; 6 retries.
+    fn default() -> Self {
+        LinkConfig {
+            window: 8,
+            rto_initial: Duration::from_millis(200),
+            rto_min: Duration::from_millis(10),
+            rto_max: Duration::from_secs(2),
+            max_retransmits: 6,
+            ack_delay: Duration::from_millis(5),
+            max_message: 16 * 1024,
+        }
+    }
+}
+
+impl LinkConfig {
+    /// The longest a message to a silent peer can wait, from its first send
+    /// until [`LinkEvent::Failed`]: the sum of every backed-off timeout,
+    /// `Σ_{i=0..=max_retransmits} min(rto_max, max(rto_initial, rto_max) · 2^i)`
+    /// bounded using the largest timeout the estimator can reach.
+    pub fn failure_bound(&self) -> Duration {
+        let base = self.rto_initial.max(self.rto_max);
+        (0..=u32::from(self.max_retransmits)).fold(Duration::ZERO, |acc, i| {
+            acc + Duration::from_micros(
+                base.as_micros()
+                    .saturating_mul(1u64 << i.min(32))
+                    .min(self.rto_max.as_micros()),
+            )
+        })
+    }
+}
+
+/// Identifies one message sent with [`Link::send`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct MessageId(pub u64);
+
+/// Why a message failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum FailReason {
+    /// A fragment was retransmitted `max_retransmits` times unacknowledged.
+    TimedOut,
+    /// The peer was forgotten (declared dead or left).
+    PeerGone,
+}
+
+/// What happened to a sent message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum LinkEvent {
+    /// Every fragment was acknowledged.
+    Delivered {
+        /// The peer.
+        peer: NodeId,
+        /// The message.
+        id: MessageId,
+    },
+    /// The link gave up on the message.
+    Failed {
+        /// The peer.
+        peer: NodeId,
+        /// The message.
+        id: MessageId,
+        /// Why.
+        reason: FailReason,
+    },
+}
+
+/// Why [`Link::send`] refused a message. Nothing was queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum SendError {
+    /// Larger than `max_message`: split it at a higher layer.
+    TooLarge,
+    /// Not enough free transmit slots: wait for deliveries (events) and retry.
+    Full,
+    /// No room to track another peer and none idle to evict: retry later.
+    PeerTableFull,
+}
+
+impl core::fmt::Display for SendError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            SendError::TooLarge => "message larger than the link's maximum",
+            SendError::Full => "link send buffer full; retry after deliveries",
+            SendError::PeerTableFull => "link peer table full; retry later",
+        })
+    }
+}
+
+impl core::error::Error for SendError {}
+
+/// A frame that did not parse. The caller counts it and drops it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct FrameError;
+
+/// Link counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct LinkStats {
+    /// Data frames sent, first transmissions.
+    pub data_sent: u64,
+    /// Data frames sent again.
+    pub retransmits: u64,
+    /// Pure ack frames sent.
+    pub acks_sent: u64,
+    /// Data frames received.
+    pub data_received: u64,
+    /// Data frames received again (suppressed, re-acked).
+    pub duplicates: u64,
+    /// Data frames dropped: no receive slot could be reserved.
+    pub no_slot: u64,
+    /// Data frames dropped: beyond the receive window.
+    pub out_of_window: u64,
+    /// Frames dropped: the peer table was full.
+    pub no_peer_room: u64,
+    /// Resets sent and obeyed.
+    pub resets: u64,
+    /// Messages fully acknowledged.
+    pub delivered: u64,
+    /// Messages that failed.
+    pub failed: u64,
+    /// Messages handed to the node.
+    pub received: u64,
+    /// Events lost because nobody drained them.
+    pub events_lost: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct TxSlot {
+    peer: NodeId,
+    msg: MessageId,
+    seq: u32,
+    index: u16,
+    count: u16,
+    len: u16,
+    sent_at: Option<Instant>,
+    deadline: Instant,
+    retransmits: u8,
+    acked: bool,
+    /// Due now because later fragments were acknowledged (fast retransmit),
+    /// not because its timer fired.
+    fast: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct RxMsg {
+    peer: NodeId,
+    first: u32,
+    count: u16,
+    have: u32,
+    slots: [u16; MAX_FRAGMENTS],
+    lens: [u16; MAX_FRAGMENTS],
+}
+
+impl RxMsg {
+    fn complete(&self) -> bool {
+        self.have == (1u32 << self.count) - 1
+    }
+}
+
+/// Most fragments queued or in flight to one peer.
+pub const PEER_QUEUE: usize = 64;
+
+#[derive(Clone, Debug)]
+struct Peer {
+    id: NodeId,
+    epoch: u64,
+    last_active: Instant,
+    next_seq: u32,
+    /// Transmit slots of this peer's unfinished messages, in sequence order.
+    tx: heapless::Deque<u16, PEER_QUEUE>,
+    rtt: RttEstimator,
+    /// Generation of this node's stream to the peer.
+    tx_stream: u16,
+    /// No ack has come back on `tx_stream` yet.
+    opening: bool,
+    /// Generation of the peer's stream to this node, once opened.
+    rx_stream: Option<u16>,
+    rx_next: u32,
+    /// Bit `i`: seq `rx_next + i` was received (bit 0 is always clear).
+    rx_bits: u64,
+    ack_pending: bool,
+    ack_now: bool,
+    ack_due: Option<Instant>,
+    rx_since_ack: u8,
+    resets: heapless::Vec<(u16, u32), 4>,
+}
+
+impl Peer {
+    fn new(id: NodeId, epoch: u64, now: Instant, rto: Duration) -> Peer {
+        Peer {
+            id,
+            epoch,
+            last_active: now,
+            next_seq: 0,
+            tx: heapless::Deque::new(),
+            rtt: RttEstimator::new(rto),
+            tx_stream: 0,
+            opening: true,
+            rx_stream: None,
+            rx_next: 0,
+            rx_bits: 0,
+            ack_pending: false,
+            ack_now: false,
+            ack_due: None,
+            rx_since_ack: 0,
+            resets: heapless::Vec::new(),
+        }
+    }
+
+    fn ack(&self) -> Option<Ack> {
+        Some(Ack {
+            stream: self.rx_stream?,
+            next: self.rx_next,
+            sack: (self.rx_bits >> 1) as u32,
+        })
+    }
+}
+
+const EVENTS: usize = 64;
+
+/// Reliable delivery to up to `P` peers with `S` transmit and `S` receive
+/// fragment slots.
+pub struct Link<const P: usize, const S: usize> {
+    config: LinkConfig,
+    peers: heapless::Vec<Peer, P>,
+    tx: [Option<TxSlot>; S],
+    tx_free: heapless::Vec<u16, S>,
+    tx_data: [[u8; FRAGMENT]; S],
+    rx_data: [[u8; FRAGMENT]; S],
+    rx_free: heapless::Vec<u16, S>,
+    rx_msgs: heapless::Vec<RxMsg, S>,
+    next_msg: u64,
+    /// The peer whose new fragments go first next time (round robin).
+    turn: usize,
+    events: heapless::Deque<LinkEvent, EVENTS>,
+    stats: LinkStats,
+}
+
+impl<const P: usize, const S: usize> Link<P, S> {
+    /// An idle link. `_local_epoch` is this node's own epoch (carried in the
+    /// wire header, not by the link).
+    pub fn new(config: LinkConfig, _local_epoch: u64) -> Self {
+        let mut rx_free = heapless::Vec::new();
+        let mut tx_free = heapless::Vec::new();
+        for i in (0..S).rev() {
+            let _ = rx_free.push(i as u16);
+            let _ = tx_free.push(i as u16);
+        }
+        Link {
+            config,
+            peers: heapless::Vec::new(),
+            tx: [None; S],
+            tx_free,
+            tx_data: [[0; FRAGMENT]; S],
+            rx_data: [[0; FRAGMENT]; S],
+            rx_free,
+            rx_msgs: heapless::Vec::new(),
+            next_msg: 1,
+            turn: 0,
+            events: heapless::Deque::new(),
+            stats: LinkStats::default(),
+        }
+    }
+
+    // ---- getters ----
+
+    /// Counters.
+    pub fn stats(&self) -> &LinkStats {
+        &self.stats
+    }
+
+    /// The smoothed RTT to `peer`, once measured.
+    pub fn srtt(&self, peer: NodeId) -> Option<Duration> {
+        self.peers.iter().find(|p| p.id == peer)?.rtt.srtt()
+    }
+
+    /// Fragments queued or in flight to `peer`.
+    pub fn outstanding(&self, peer: NodeId) -> usize {
+        self.peers
+            .iter()
+            .find(|p| p.id == peer)
+            .map_or(0, |p| self.slots(p).filter(|t| !t.acked).count())
+    }
+
+    /// Unacknowledged fragments on the wire to `peer`.
+    pub fn in_flight(&self, peer: NodeId) -> usize {
+        self.peers.iter().find(|p| p.id == peer).map_or(0, |p| {
+            self.slots(p)
+                .filter(|t| !t.acked && t.sent_at.is_some())
+                .count()
+        })
+    }
+
+    fn slots<'a>(&'a self, p: &'a Peer) -> impl Iterator<Item = &'a TxSlot> + 'a {
+        p.tx.iter()
+            .filter_map(|&i| self.tx.get(usize::from(i))?.as_ref())
+    }
+
+    // ---- commands ----
+
+    /// Queues `message` for reliable delivery to `peer`, whose epoch the
+    /// caller knows to be `peer_epoch`.
+    pub fn send(
+        &mut self,
+        now: Instant,
+        peer: NodeId,
+        peer_epoch: u64,
+        message: &[u8],
+    ) -> Result<MessageId, SendError> {
+        let max = self.config.max_message.min(MAX_FRAGMENTS * FRAGMENT);
+        if message.len() > max {
+            return Err(SendError::TooLarge);
+        }
+        let count = message.len().div_ceil(FRAGMENT).max(1);
+        if self.tx_free.len() < count {
+            return Err(SendError::Full);
+        }
+        let p = self
+            .peer_index(now, peer, peer_epoch)
+            .ok_or(SendError::PeerTableFull)?;
+        if self.peers[p].tx.len() + count > PEER_QUEUE {
+            return Err(SendError::Full);
+        }
+        let id = MessageId(self.next_msg);
+        self.next_msg += 1;
+        let first = self.peers[p].next_seq;
+        self.peers[p].next_seq = first.wrapping_add(count as u32);
+        let mut chunks = message.chunks(FRAGMENT);
+        for index in 0..count {
+            let Some(slot) = self.tx_free.pop() else {
+                break;
+            };
+            let i = usize::from(slot);
+            let chunk = chunks.next().unwrap_or(&[]);
+            self.tx_data[i][..chunk.len()].copy_from_slice(chunk);
+            self.tx[i] = Some(TxSlot {
+                peer,
+                msg: id,
+                seq: first.wrapping_add(index as u32),
+                index: index as u16,
+                count: count as u16,
+                len: chunk.len() as u16,
+                sent_at: None,
+                deadline: now,
+                retransmits: 0,
+                acked: false,
+                fast: false,
+            });
+            let _ = self.peers[p].tx.push_back(slot);
+        }
+        Ok(id)
+    }
+
+    /// Forgets `peer`: its unfinished messages fail with
+    /// [`FailReason::PeerGone`] and its slots are freed.
+    pub fn forget(&mut self, peer: NodeId) {
+        if let Some(p) = self.peers.iter().position(|p| p.id == peer) {
+            let mut failed: heapless::Vec<MessageId, PEER_QUEUE> = heapless::Vec::new();
+            for t in self.slots(&self.peers[p]) {
+                if !failed.contains(&t.msg) {
+                    let _ = failed.push(t.msg);
+                }
+            }
+            for id in failed {
+                self.free_message(p, id);
+                self.stats.failed += 1;
+                self.event(LinkEvent::Failed {
+                    peer,
+                    id,
+                    reason: FailReason::PeerGone,
+                });
+            }
+        }
+        self.drop_rx(peer);
+        self.peers.retain(|p| p.id != peer);
+    }
+
+    // ---- inputs ----
+
+    /// A link frame from `peer`, whose authenticated header carried `peer_epoch`.
+    pub fn handle_frame(
+        &mut self,
+        now: Instant,
+        peer: NodeId,
+        peer_epoch: u64,
+        frame: &[u8],
+    ) -> Result<(), FrameError> {
+        let frame = Frame::parse(frame).ok_or(FrameError)?;
+        let Some(p) = self.peer_index(now, peer, peer_epoch) else {
+            self.stats.no_peer_room += 1;
+            return Ok(());
+        };
+        if peer_epoch < self.peers[p].epoch {
+            return Ok(());
+        }
+        self.peers[p].last_active = now;
+        match frame {
+            Frame::Data {
+                opening,
+                stream,
+                seq,
+                index,
+                count,
+                ack,
+                payload,
+            } => {
+                if let Some(ack) = ack {
+                    self.on_ack(now, p, ack);
+                }
+                self.on_data(now, p, (opening, stream), seq, index, count, payload);
+            }
+            Frame::Ack(ack) => self.on_ack(now, p, ack),
+            Frame::Reset { stream, seq } => {
+                let pe = &self.peers[p];
+                let holds = stream == pe.tx_stream && self.slots(pe).any(|t| t.seq == seq);
+                if holds {
+                    self.stats.resets += 1;
+                    self.restart_stream(p);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails messages whose retransmissions ran out. Spurious calls do nothing.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let max = self.config.max_retransmits;
+        for p in 0..self.peers.len() {
+            loop {
+                let expired = self.slots(&self.peers[p]).find(|t| {
+                    !t.acked && t.sent_at.is_some() && t.deadline <= now && t.retransmits >= max
+                });
+                let Some(&TxSlot { peer, msg, .. }) = expired else {
+                    break;
+                };
+                self.free_message(p, msg);
+                self.stats.failed += 1;
+                self.event(LinkEvent::Failed {
+                    peer,
+                    id: msg,
+                    reason: FailReason::TimedOut,
+                });
+            }
+        }
+    }
+
+    // ---- outputs ----
+
+    /// The next frame to send: written to `buf`, returns the peer and length.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<(NodeId, usize)> {
+        if let Some(r) = self.poll_reset(buf) {
+            return Some(r);
+        }
+        if let Some(r) = self.poll_data(now, buf) {
+            return Some(r);
+        }
+        self.poll_ack(now, buf)
+    }
+
+    /// When [`Link::handle_timeout`] or [`Link::poll_transmit`] next has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t: Option<Instant> = None;
+        let mut earliest = |x: Instant| t = Some(t.map_or(x, |t| t.min(x)));
+        for s in self.tx.iter().flatten() {
+            if !s.acked && s.sent_at.is_some() {
+                earliest(s.deadline);
+            }
+        }
+        for p in &self.peers {
+            if let Some(d) = p.ack_due {
+                earliest(d);
+            }
+        }
+        t
+    }
+
+    /// The next complete message: copied to `out`, returns the peer and length.
+    /// `out` must hold `max_message` bytes; a message that does not fit is
+    /// dropped and counted.
+    pub fn poll_received(&mut self, out: &mut [u8]) -> Option<(NodeId, usize)> {
+        loop {
+            let i = self.rx_msgs.iter().position(RxMsg::complete)?;
+            let m = self.rx_msgs.swap_remove(i);
+            let mut len = 0;
+            let mut fits = true;
+            for f in 0..usize::from(m.count) {
+                let (slot, n) = (usize::from(m.slots[f]), usize::from(m.lens[f]));
+                match out.get_mut(len..len + n) {
+                    Some(dst) => dst.copy_from_slice(&self.rx_data[slot][..n]),
+                    None => fits = false,
+                }
+                len += n;
+                let _ = self.rx_free.push(m.slots[f]);
+            }
+            if fits {
+                self.stats.received += 1;
+                return Some((m.peer, len));
+            }
+            self.stats.no_slot += 1;
+        }
+    }
+
+    /// The next delivery or failure.
+    pub fn poll_event(&mut self) -> Option<LinkEvent> {
+        self.events.pop_front()
+    }
+
+    // ---- internals ----
+
+    fn event(&mut self, e: LinkEvent) {
+        if self.events.push_back(e).is_err() {
+            self.stats.events_lost += 1;
+        }
+    }
+
+    /// The peer's index, creating its state (evicting an idle peer) if
+    /// needed, and resetting streams when its epoch grew.
+    fn peer_index(&mut self, now: Instant, peer: NodeId, epoch: u64) -> Option<usize> {
+        if let Some(i) = self.peers.iter().position(|p| p.id == peer) {
+            if epoch > self.peers[i].epoch {
+                // The peer restarted: its receive state for us is gone, and
+                // its stream to us starts again at 0.
+                self.peers[i].epoch = epoch;
+                self.drop_rx(peer);
+                self.restart_stream(i);
+            }
+            return Some(i);
+        }
+        let fresh = Peer::new(peer, epoch, now, self.config.rto_initial);
+        if self.peers.is_full() {
+            let idle = |p: &Peer| p.tx.is_empty() && !self.rx_msgs.iter().any(|m| m.peer == p.id);
+            let victim = (0..self.peers.len())
+                .filter(|&i| idle(&self.peers[i]))
+                .min_by_key(|&i| self.peers[i].last_active)?;
+            self.peers[victim] = fresh;
+            return Some(victim);
+        }
+        let _ = self.peers.push(fresh);
+        Some(self.peers.len() - 1)
+    }
+
+    fn drop_rx(&mut self, peer: NodeId) {
+        let mut i = 0;
+        while i < self.rx_msgs.len() {
+            if self.rx_msgs[i].peer == peer {
+                let m = self.rx_msgs.swap_remove(i);
+                for f in 0..usize::from(m.count) {
+                    let _ = self.rx_free.push(m.slots[f]);
+                }
+            } else {
+                i += 1;
+            }
+        }
+        if let Some(p) = self.peers.iter_mut().find(|p| p.id == peer) {
+            p.rx_stream = None;
+            p.rx_next = 0;
+            p.rx_bits = 0;
+            p.ack_pending = false;
+            p.ack_due = None;
+        }
+    }
+
+    /// Renumbers the peer's unfinished messages from seq 0, in message order,
+    /// to be sent again as a new stream.
+    fn restart_stream(&mut self, p: usize) {
+        let mut seq = 0u32;
+        for &i in self.peers[p].tx.iter() {
+            if let Some(t) = self.tx.get_mut(usize::from(i)).and_then(Option::as_mut) {
+                t.seq = seq;
+                t.sent_at = None;
+                t.acked = false;
+                t.retransmits = 0;
+                t.fast = false;
+                seq += 1;
+            }
+        }
+        let pe = &mut self.peers[p];
+        pe.next_seq = seq;
+        pe.tx_stream = pe.tx_stream.wrapping_add(1);
+        pe.opening = true;
+    }
+
+    /// Frees every slot of message `id` of peer `p`.
+    fn free_message(&mut self, p: usize, id: MessageId) {
+        let pe = &mut self.peers[p];
+        let mut kept = heapless::Deque::new();
+        while let Some(i) = pe.tx.pop_front() {
+            let slot = &mut self.tx[usize::from(i)];
+            if slot.is_some_and(|t| t.msg == id) {
+                *slot = None;
+                let _ = self.tx_free.push(i);
+            } else {
+                let _ = kept.push_back(i);
+            }
+        }
+        pe.tx = kept;
+    }
+
+    fn on_ack(&mut self, now: Instant, p: usize, ack: Ack) {
+        if ack.stream != self.peers[p].tx_stream {
+            return; // about a stream that was since restarted
+        }
+        self.peers[p].opening = false;
+        let peer = self.peers[p].id;
+        let (min, max) = (self.config.rto_min, self.config.rto_max);
+        let mut highest_sacked: Option<u32> = None;
+        let mut newly_acked = false;
+        let pe = &mut self.peers[p];
+        for &i in pe.tx.iter() {
+            let Some(t) = self.tx.get_mut(usize::from(i)).and_then(Option::as_mut) else {
+                continue;
+            };
+            if t.acked || t.sent_at.is_none() {
+                continue;
+            }
+            let below = ack.next.wrapping_sub(t.seq);
+            let cumulative = below != 0 && below <= u32::MAX / 2;
+            let off = t.seq.wrapping_sub(ack.next);
+            let sacked = (1..=32).contains(&off) && ack.sack & (1 << (off - 1)) != 0;
+            if cumulative || sacked {
+                t.acked = true;
+                newly_acked = true;
+                if t.retransmits == 0
+                    && let Some(at) = t.sent_at
+                {
+                    pe.rtt.sample(now - at, min, max);
+                }
+            }
+            if sacked {
+                highest_sacked = Some(highest_sacked.map_or(off, |h: u32| h.max(off)));
+            }
+        }
+        // Fast retransmit: three later fragments arrived before this one, and
+        // it has been out for at least a round trip (so acks that were already
+        // on their way when it was last sent do not trigger it again).
+        if let Some(h) = highest_sacked {
+            let rtt = self.peers[p].rtt.srtt().unwrap_or(self.config.rto_min);
+            for &i in self.peers[p].tx.iter() {
+                if let Some(t) = self.tx.get_mut(usize::from(i)).and_then(Option::as_mut) {
+                    let off = t.seq.wrapping_sub(ack.next);
+                    let aged = t.sent_at.is_some_and(|at| now.saturating_since(at) >= rtt);
+                    if !t.acked && aged && off + 3 <= h && t.deadline > now {
+                        t.deadline = now;
+                        t.fast = true;
+                    }
+                }
+            }
+        }
+        if !newly_acked {
+            return;
+        }
+        // Messages whose every fragment is acknowledged are delivered.
+        loop {
+            let pe = &self.peers[p];
+            let done = self
+                .slots(pe)
+                .find(|t| t.acked && self.slots(pe).filter(|u| u.msg == t.msg).all(|u| u.acked));
+            let Some(&TxSlot { msg, .. }) = done else {
+                break;
+            };
+            self.free_message(p, msg);
+            self.stats.delivered += 1;
+            self.event(LinkEvent::Delivered { peer, id: msg });
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_data(
+        &mut self,
+        now: Instant,
+        p: usize,
+        (opening, stream): (bool, u16),
+        seq: u32,
+        index: u16,
+        count: u16,
+        payload: &[u8],
+    ) {
+        self.stats.data_received += 1;
+        let peer = self.peers[p].id;
+        match self.peers[p].rx_stream {
+            Some(cur) if cur == stream => {}
+            // A frame of a stream older than the one open: stale, ignore.
+            Some(cur) if (stream.wrapping_sub(cur) as i16) < 0 => return,
+            _ if opening => {
+                // A new stream (the first, or one the sender restarted).
+                self.drop_rx(peer);
+                let pe = &mut self.peers[p];
+                pe.rx_stream = Some(stream);
+                pe.rx_next = 0;
+                pe.rx_bits = 0;
+            }
+            _ => {
+                // The sender believes in a stream we hold no state for.
+                self.stats.resets += 1;
+                let resets = &mut self.peers[p].resets;
+                if !resets.contains(&(stream, seq)) {
+                    let _ = resets.push((stream, seq));
+                }
+                return;
+            }
+        }
+        let off = seq.wrapping_sub(self.peers[p].rx_next);
+        if off > u32::MAX / 2 || (off < 64 && self.peers[p].rx_bits & (1 << off) != 0) {
+            self.stats.duplicates += 1;
+            self.schedule_ack(now, p, true);
+            return;
+        }
+        if off >= 64 || payload.len() > FRAGMENT {
+            self.stats.out_of_window += 1;
+            self.schedule_ack(now, p, true);
+            return;
+        }
+        let first = seq.wrapping_sub(u32::from(index));
+        let mi = match self
+            .rx_msgs
+            .iter()
+            .position(|m| m.peer == peer && m.first == first)
+        {
+            Some(i) if self.rx_msgs[i].count == count => i,
+            Some(_) => {
+                self.stats.out_of_window += 1;
+                return;
+            }
+            None => {
+                // Reserve every slot the message needs, or take nothing.
+                if self.rx_free.len() < usize::from(count) || self.rx_msgs.is_full() {
+                    self.stats.no_slot += 1;
+                    return;
+                }
+                let mut m = RxMsg {
+                    peer,
+                    first,
+                    count,
+                    have: 0,
+                    slots: [0; MAX_FRAGMENTS],
+                    lens: [0; MAX_FRAGMENTS],
+                };
+                for f in 0..usize::from(count) {
+                    m.slots[f] = self.rx_free.pop().unwrap_or(0);
+                }
+                let _ = self.rx_msgs.push(m);
+                self.rx_msgs.len() - 1
+            }
+        };
+        let m = &mut self.rx_msgs[mi];
+        let f = usize::from(index);
+        let slot = usize::from(m.slots[f]);
+        self.rx_data[slot][..payload.len()].copy_from_slice(payload);
+        m.lens[f] = payload.len() as u16;
+        m.have |= 1 << f;
+        let pe = &mut self.peers[p];
+        pe.rx_bits |= 1 << off;
+        while pe.rx_bits & 1 != 0 {
+            pe.rx_bits >>= 1;
+            pe.rx_next = pe.rx_next.wrapping_add(1);
+        }
+        self.schedule_ack(now, p, off != 0);
+    }
+
+    fn schedule_ack(&mut self, now: Instant, p: usize, immediate: bool) {
+        let delay = self.config.ack_delay;
+        let pe = &mut self.peers[p];
+        pe.ack_pending = true;
+        pe.rx_since_ack = pe.rx_since_ack.saturating_add(1);
+        pe.ack_now |= immediate || pe.rx_since_ack >= 2;
+        if pe.ack_due.is_none() {
+            pe.ack_due = Some(now + delay);
+        }
+    }
+
+    fn poll_reset(&mut self, buf: &mut [u8]) -> Option<(NodeId, usize)> {
+        for p in self.peers.iter_mut() {
+            if let Some((stream, seq)) = p.resets.pop() {
+                let n = Frame::Reset { stream, seq }.emit(buf)?;
+                return Some((p.id, n));
+            }
+        }
+        None
+    }
+
+    fn poll_data(&mut self, now: Instant, buf: &mut [u8]) -> Option<(NodeId, usize)> {
+        let (p, i) = self.next_fragment(now)?;
+        let t = self.tx[i]?;
+        let frame = Frame::Data {
+            opening: self.peers[p].opening,
+            stream: self.peers[p].tx_stream,
+            seq: t.seq,
+            index: t.index,
+            count: t.count,
+            ack: self.peers[p].ack(),
+            payload: &self.tx_data[i][..usize::from(t.len)],
+        };
+        let n = frame.emit(buf)?;
+        let rto_max = self.config.rto_max;
+        let slot = self.tx[i].as_mut()?;
+        if slot.sent_at.is_some() {
+            slot.retransmits += 1;
+            self.stats.retransmits += 1;
+            if !slot.fast {
+                self.peers[p].rtt.back_off(rto_max);
+            }
+            slot.fast = false;
+        } else {
+            self.stats.data_sent += 1;
+        }
+        slot.sent_at = Some(now);
+        let rto = self.peers[p].rtt.rto();
+        let slot = self.tx[i].as_mut()?;
+        let backoff = rto.saturating_mul(1 << slot.retransmits.min(16));
+        slot.deadline = now + backoff.min(rto_max.max(rto));
+        let pe = &mut self.peers[p];
+        pe.ack_pending = false;
+        pe.ack_now = false;
+        pe.ack_due = None;
+        pe.rx_since_ack = 0;
+        Some((t.peer, n))
+    }
+
+    /// The fragment to send next: a due retransmission (earliest deadline
+    /// first), else the first unsent fragment of a peer whose window has room,
+    /// peers taken in turn. Returns (peer index, slot).
+    fn next_fragment(&mut self, now: Instant) -> Option<(usize, usize)> {
+        let max = self.config.max_retransmits;
+        let mut due: Option<(usize, usize, Instant)> = None;
+        for (p, pe) in self.peers.iter().enumerate() {
+            for &i in pe.tx.iter() {
+                let Some(t) = self.tx.get(usize::from(i)).and_then(Option::as_ref) else {
+                    continue;
+                };
+                let ready = !t.acked && t.sent_at.is_some() && t.deadline <= now;
+                if ready && t.retransmits < max && due.is_none_or(|(_, _, d)| t.deadline < d) {
+                    due = Some((p, usize::from(i), t.deadline));
+                }
+            }
+        }
+        if let Some((p, i, _)) = due {
+            return Some((p, i));
+        }
+        let n = self.peers.len();
+        let window = usize::from(self.config.window);
+        for k in 0..n {
+            let p = (self.turn + k) % n;
+            let pe = &self.peers[p];
+            let mut in_flight = 0;
+            let mut base = None;
+            let mut first_unsent = None;
+            for &i in pe.tx.iter() {
+                let Some(t) = self.tx.get(usize::from(i)).and_then(Option::as_ref) else {
+                    continue;
+                };
+                if t.acked {
+                    continue;
+                }
+                base.get_or_insert(t.seq);
+                if t.sent_at.is_some() {
+                    in_flight += 1;
+                } else if first_unsent.is_none() {
+                    first_unsent = Some((usize::from(i), t.seq));
+                }
+            }
+            if let (Some((i, seq)), Some(base)) = (first_unsent, base)
+                && in_flight < window
+                && seq.wrapping_sub(base) < 32
+            {
+                self.turn = (p + 1) % n;
+                return Some((p, i));
+            }
+        }
+        None
+    }
+
+    fn poll_ack(&mut self, now: Instant, buf: &mut [u8]) -> Option<(NodeId, usize)> {
+        for pe in self.peers.iter_mut() {
+            let due = pe.ack_now || pe.ack_due.is_some_and(|d| d <= now);
+            if let (true, true, Some(ack)) = (pe.ack_pending, due, pe.ack()) {
+                let n = Frame::Ack(ack).emit(buf)?;
+                pe.ack_pending = false;
+                pe.ack_now = false;
+                pe.ack_due = None;
+                pe.rx_since_ack = 0;
+                self.stats.acks_sent += 1;
+                return Some((pe.id, n));
+            }
+            if !pe.ack_pending {
+                pe.ack_due = None;
+            }
+        }
+        None
+    }
+}
