@@ -19,6 +19,7 @@
 pub mod id;
 pub mod link;
 pub mod member;
+pub mod node;
 pub mod rng;
 pub mod router;
 pub mod store;
