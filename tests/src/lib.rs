@@ -1,1 +1,10 @@
-//! Shoal's deterministic simulator and cluster test harness.
+//! Shoal's test harness.
+//!
+//! - [`sim`]: a deterministic simulator running many core nodes in one
+//!   process on a virtual clock and a seeded, faulty network.
+//! - [`seeds`]: running a scenario over many seeds in parallel and
+//!   reporting the seeds that fail, with the command that replays them.
+
+pub mod scenarios;
+pub mod seeds;
+pub mod sim;
