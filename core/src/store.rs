@@ -117,9 +117,9 @@ impl<const BYTES: usize, const ENTRIES: usize> RamStore<BYTES, ENTRIES> {
     }
 
     fn find(&self, space: Space, key: &[u8]) -> Option<usize> {
-        self.index.iter().position(|&(s, off, kl, _)| {
-            s == space && self.arena.get(off..off + kl) == Some(key)
-        })
+        self.index
+            .iter()
+            .position(|&(s, off, kl, _)| s == space && self.arena.get(off..off + kl) == Some(key))
     }
 
     fn remove_at(&mut self, i: usize) {
@@ -216,9 +216,15 @@ mod tests {
         let mut s = RamStore::<10, 2>::new();
         s.put(Space::Local, b"k", b"12345678").unwrap();
         assert_eq!(s.put(Space::Local, b"j", b"12"), Err(StoreError::Full));
-        assert_eq!(s.put(Space::Local, b"j", &[0; 20]), Err(StoreError::TooLarge));
+        assert_eq!(
+            s.put(Space::Local, b"j", &[0; 20]),
+            Err(StoreError::TooLarge)
+        );
         let mut out = [0u8; 4];
-        assert_eq!(s.get(Space::Local, b"k", &mut out), Err(StoreError::BufferTooSmall));
+        assert_eq!(
+            s.get(Space::Local, b"k", &mut out),
+            Err(StoreError::BufferTooSmall)
+        );
         let mut out = [0u8; 8];
         assert_eq!(s.get(Space::Local, b"k", &mut out), Ok(Some(8)));
         // Replacing in place may use the room the old value frees.

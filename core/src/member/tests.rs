@@ -74,7 +74,12 @@ fn alive_suspect_dead_precedence() {
         id: NodeId(2),
         version: v0,
     };
-    m.handle_message(T, NodeId(3), addr(3), gossip(&[suspect.clone()]));
+    m.handle_message(
+        T,
+        NodeId(3),
+        addr(3),
+        gossip(core::slice::from_ref(&suspect)),
+    );
     assert_eq!(m.get(NodeId(2)).unwrap().state(), State::Suspect);
     assert_eq!(events(&mut m)[..], [MemberEvent::Suspect(NodeId(2))]);
     // The same-incarnation alive does not clear suspicion; a higher one does.

@@ -203,7 +203,12 @@ mod tests {
         let hex = key.to_hex();
         let text = core::str::from_utf8(&hex).unwrap();
         assert_eq!(ClusterKey::from_hex(text).unwrap().0, key.0);
-        assert!(ClusterKey::from_hex("  00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff\n").is_some());
+        assert!(
+            ClusterKey::from_hex(
+                "  00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff\n"
+            )
+            .is_some()
+        );
         assert!(ClusterKey::from_hex("00").is_none());
         assert!(ClusterKey::from_hex(&"zz".repeat(32)).is_none());
         assert!(ClusterKey::from_hex(&"é".repeat(32)).is_none());
