@@ -12,8 +12,10 @@
 //!   (Karn's rule: no samples from retransmitted fragments), doubled on every
 //!   retransmission up to `rto_max`; three later fragments acknowledged
 //!   before it trigger a fast retransmit. After `max_retransmits` the whole
-//!   message fails with [`LinkEvent::Failed`] — never a silent drop. The
-//!   worst case from first send to failure is [`LinkConfig::failure_bound`].
+//!   message fails with [`LinkEvent::Failed`] — never a silent drop — and so
+//!   does every other unfinished message to that peer. So a message to a
+//!   peer that stopped answering fails within [`LinkConfig::failure_bound`]
+//!   of its `send`.
 //! - **Window.** At most `window` fragments are unacknowledged per peer, and
 //!   none is sent more than 32 sequence numbers past the oldest unacked one,
 //!   so a sender never overruns a small receiver (an MCU NIC holds ~10 KB).
@@ -85,8 +87,8 @@ impl Default for LinkConfig {
 }
 
 impl LinkConfig {
-    /// The longest a message to a silent peer can wait, from its first send
-    /// until [`LinkEvent::Failed`]: the sum of every backed-off timeout,
+    /// The longest a message to a silent peer can wait, from `send` until
+    /// [`LinkEvent::Failed`]: the sum of every backed-off timeout,
     /// `Σ_{i=0..=max_retransmits} min(rto_max, max(rto_initial, rto_max) · 2^i)`
     /// bounded using the largest timeout the estimator can reach.
     pub fn failure_bound(&self) -> Duration {
@@ -430,24 +432,26 @@ impl<const P: usize, const S: usize> Link<P, S> {
     /// [`FailReason::PeerGone`] and its slots are freed.
     pub fn forget(&mut self, peer: NodeId) {
         if let Some(p) = self.peers.iter().position(|p| p.id == peer) {
-            let mut failed: heapless::Vec<MessageId, PEER_QUEUE> = heapless::Vec::new();
-            for t in self.slots(&self.peers[p]) {
-                if !failed.contains(&t.msg) {
-                    let _ = failed.push(t.msg);
-                }
-            }
-            for id in failed {
-                self.free_message(p, id);
-                self.stats.failed += 1;
-                self.event(LinkEvent::Failed {
-                    peer,
-                    id,
-                    reason: FailReason::PeerGone,
-                });
-            }
+            self.fail_all(p, FailReason::PeerGone);
         }
         self.drop_rx(peer);
         self.peers.retain(|p| p.id != peer);
+    }
+
+    /// Fails and frees every unfinished message to peer `p`.
+    fn fail_all(&mut self, p: usize, reason: FailReason) {
+        let peer = self.peers[p].id;
+        let mut failed: heapless::Vec<MessageId, PEER_QUEUE> = heapless::Vec::new();
+        for t in self.slots(&self.peers[p]) {
+            if !failed.contains(&t.msg) {
+                let _ = failed.push(t.msg);
+            }
+        }
+        for id in failed {
+            self.free_message(p, id);
+            self.stats.failed += 1;
+            self.event(LinkEvent::Failed { peer, id, reason });
+        }
     }
 
     // ---- inputs ----
@@ -501,20 +505,14 @@ impl<const P: usize, const S: usize> Link<P, S> {
     pub fn handle_timeout(&mut self, now: Instant) {
         let max = self.config.max_retransmits;
         for p in 0..self.peers.len() {
-            loop {
-                let expired = self.slots(&self.peers[p]).find(|t| {
-                    !t.acked && t.sent_at.is_some() && t.deadline <= now && t.retransmits >= max
-                });
-                let Some(&TxSlot { peer, msg, .. }) = expired else {
-                    break;
-                };
-                self.free_message(p, msg);
-                self.stats.failed += 1;
-                self.event(LinkEvent::Failed {
-                    peer,
-                    id: msg,
-                    reason: FailReason::TimedOut,
-                });
+            let expired = self.slots(&self.peers[p]).any(|t| {
+                !t.acked && t.sent_at.is_some() && t.deadline <= now && t.retransmits >= max
+            });
+            if expired {
+                // The peer stopped answering: every unfinished message to it
+                // fails now, so none waits behind a dead window.
+                self.fail_all(p, FailReason::TimedOut);
+                self.restart_stream(p);
             }
         }
     }
