@@ -21,7 +21,8 @@ mod envelope;
 mod event;
 
 pub use envelope::{
-    EnvelopeKind, MAX_KEY, MEMBERS_PAGE, PREFIX_LEN, Prefix, RemoteError, Request, Response, Target,
+    EnvelopeKind, MAX_KEY, MEMBERS_PAGE, PREFIX_LEN, Prefix, RemoteError, Request, Response,
+    Target, decode_request, decode_response, encode_request, encode_response,
 };
 pub use event::{Event, NodeStats, OpFailure, OpId};
 
