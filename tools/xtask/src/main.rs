@@ -20,13 +20,16 @@ struct Cli {
 enum Task {
     /// Run every check and test CI runs (installs the thumb target if missing).
     Test,
-    /// Replay one simulator scenario for one seed.
+    /// Replay one simulator scenario for one seed, or summarise many seeds.
     Sim {
         /// Scenario: join, crash, stable, partition, restart.
         scenario: String,
         /// The seed to replay.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Run seeds 0..K instead and print the spread of the measured time.
+        #[arg(long)]
+        seeds: Option<u64>,
         /// How many nodes.
         #[arg(long, default_value_t = 32)]
         nodes: usize,
@@ -47,23 +50,31 @@ fn main() -> Result<()> {
         Task::Sim {
             scenario,
             seed,
+            seeds,
             nodes,
-        } => cargo(&[
-            "run",
-            "--quiet",
-            "--profile",
-            "sim",
-            "-p",
-            "shoal-tests",
-            "--bin",
-            "sim",
-            "--",
-            &scenario,
-            "--seed",
-            &seed.to_string(),
-            "--nodes",
-            &nodes.to_string(),
-        ]),
+        } => {
+            let (seed, nodes) = (seed.to_string(), nodes.to_string());
+            let mut args = vec![
+                "run",
+                "--quiet",
+                "--profile",
+                "sim",
+                "-p",
+                "shoal-tests",
+                "--bin",
+                "sim",
+                "--",
+                &scenario,
+                "--nodes",
+                &nodes,
+            ];
+            let count = seeds.map(|k| k.to_string());
+            match &count {
+                Some(k) => args.extend(["--seeds", k.as_str()]),
+                None => args.extend(["--seed", seed.as_str()]),
+            }
+            cargo(&args)
+        }
         Task::Bench { which } => match which.as_str() {
             "router" => cargo(&["bench", "-p", "shoal-core", "--bench", "router"]),
             other => bail!("unknown benchmark {other:?}; try: router"),
