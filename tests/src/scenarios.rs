@@ -31,6 +31,7 @@ pub const ALL: &[(&str, Scenario)] = &[
     }),
     ("partition", partition),
     ("restart", restart),
+    ("leave", leave),
 ];
 
 /// Looks a scenario up by name.
@@ -226,4 +227,35 @@ pub fn restart(seed: u64, nodes: usize) -> Result<Report, String> {
             describe(&w)
         )),
     }
+}
+
+/// A node leaves voluntarily: every other node marks it left (not dead)
+/// within 5 s, and nobody is declared dead.
+pub fn leave(seed: u64, nodes: usize) -> Result<Report, String> {
+    let mut w = World::new(SimConfig::lossy(seed, nodes));
+    boot(&mut w, Duration::from_secs(30))?;
+    let settled = w.now;
+    let leaver = 1 + Rng::new(seed ^ 0x1ea7e).below(nodes - 1);
+    w.with_node(leaver, |n, now| n.leave(now));
+    // Keep it running briefly so the announcement spreads, then stop it.
+    w.run_for(Duration::from_millis(500));
+    w.crash(leaver);
+    let left_at = w.now;
+    let all_know = |w: &World| {
+        (0..w.machines.len())
+            .filter(|&i| w.is_up(i))
+            .all(|i| w.view(i, leaver) == Some(State::Left))
+    };
+    let Some(t) = w.run_until_pred(Duration::from_secs(5), all_know) else {
+        return Err(format!(
+            "machine {leaver}'s leave did not reach everyone within 5 s"
+        ));
+    };
+    if let Some(e) = false_deaths(&w, settled, &[]) {
+        return Err(e);
+    }
+    Ok(Report {
+        elapsed: t - left_at,
+        datagrams: w.sent,
+    })
 }

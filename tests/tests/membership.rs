@@ -42,3 +42,10 @@ fn restarted_node_rejoins() {
         scenarios::restart(seed, NODES).map(drop)
     });
 }
+
+#[test]
+fn a_node_that_leaves_is_marked_left_not_dead() {
+    for_seeds("leave", seed_count(100), |seed| {
+        scenarios::leave(seed, NODES).map(drop)
+    });
+}

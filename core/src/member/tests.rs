@@ -283,3 +283,23 @@ fn largest_messages_fit_one_datagram() {
         assert_eq!(Message::decode(&buf[..n]), Some(msg));
     }
 }
+
+#[test]
+fn pinned_ping_bytes() {
+    let ping = Message::Ping {
+        seq: 300,
+        target: NodeId(2),
+        gossip: core::iter::once(Update::Suspect {
+            id: NodeId(5),
+            version: Version {
+                epoch: 1,
+                incarnation: 2,
+            },
+        })
+        .collect(),
+    };
+    let mut buf = [0u8; 64];
+    let n = ping.encode(&mut buf).unwrap();
+    // variant 0, seq 300 (varint), target 2, one update: Suspect (1), id 5, epoch 1, incarnation 2
+    assert_eq!(&buf[..n], &[0, 0xac, 0x02, 2, 1, 1, 5, 1, 2]);
+}

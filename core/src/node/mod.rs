@@ -36,6 +36,9 @@ use crate::wire::{
 };
 use crate::{Duration, Instant, NodeId, Pool};
 
+// Every link frame, sealed, fits one datagram.
+const _: () = assert!(MAX_FRAME + wire::OVERHEAD <= wire::MAX_DATAGRAM);
+
 /// Largest message the node sends or accepts over the link.
 pub const MAX_MESSAGE: usize = 16 * 1024;
 /// Most forwarding hops a key-addressed request takes before the node it
