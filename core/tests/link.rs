@@ -35,13 +35,16 @@ impl<const S: usize> End<S> {
     }
 }
 
+/// A frame on the wire: (arrival, tie-break, to, from, sender epoch, bytes).
+type InFlight = (Instant, u64, usize, usize, u64, Vec<u8>);
+
 struct Net {
     rng: Rng,
     loss_ppm: u64,
     dup_ppm: u64,
     max_delay_us: u64,
     seq: u64,
-    wire: BinaryHeap<Reverse<(Instant, u64, usize, usize, u64, Vec<u8>)>>,
+    wire: BinaryHeap<Reverse<InFlight>>,
 }
 
 impl Net {
