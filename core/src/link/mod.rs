@@ -33,6 +33,10 @@
 //!   `Reset` naming its seq, and a sender that holds that seq renumbers its
 //!   unfinished messages from 0 and sends them again. Learning of a peer's
 //!   higher epoch (from a frame or from [`Link::send`]) does the same.
+//! - **Peer table.** State for up to `P` peers; when full, a peer with nothing
+//!   in flight that has been quiet for longer than the failure bound is
+//!   forgotten, else the newcomer is refused (`PeerTableFull`, or a counted
+//!   drop for an incoming frame).
 //!
 //! # Call order
 //! [`Link::send`] (command) and [`Link::handle_frame`] / [`Link::handle_timeout`]
@@ -601,7 +605,14 @@ impl<const P: usize, const S: usize> Link<P, S> {
         }
         let fresh = Peer::new(peer, epoch, now, self.config.rto_initial);
         if self.peers.is_full() {
-            let idle = |p: &Peer| p.tx.is_empty() && !self.rx_msgs.iter().any(|m| m.peer == p.id);
+            // Only a peer quiet for longer than any retransmission could last
+            // is forgotten, so no frame of its old stream can still arrive.
+            let quiet = self.config.failure_bound();
+            let idle = |p: &Peer| {
+                p.tx.is_empty()
+                    && !self.rx_msgs.iter().any(|m| m.peer == p.id)
+                    && now.saturating_since(p.last_active) >= quiet
+            };
             let victim = (0..self.peers.len())
                 .filter(|&i| idle(&self.peers[i]))
                 .min_by_key(|&i| self.peers[i].last_active)?;
