@@ -1,6 +1,149 @@
-//! `shoal-node`: the Linux host node.
+//! `shoal-node`: runs one Shoal host node (see `docs/node.md`).
+//!
+//! Startup checks everything a person can get wrong (flags, key file, data
+//! dir, ports) before the node exists, and reports the first problem as one
+//! line on stderr with a non-zero exit. SIGINT or SIGTERM makes the node
+//! leave the cluster, keep running briefly so the leave spreads, close its
+//! store and exit 0.
+#![deny(unsafe_code)]
 
-fn main() {
-    eprintln!("shoal-node: not built yet");
-    std::process::exit(2);
+use std::io::IsTerminal;
+use std::num::NonZeroU64;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, anyhow};
+use clap::Parser;
+use shoal_core::member::{MemberConfig, Profile};
+use shoal_core::node::{NodeConfig, Role};
+use shoal_core::{Duration, NodeKind};
+use shoal_node::config::Flags;
+use shoal_node::host::Host;
+use shoal_node::store::DiskStore;
+use shoal_node::{identity, io_reason, key};
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+
+/// How long a request to another node waits for its answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn main() -> ExitCode {
+    let flags = Flags::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    match run(&flags) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(flags: &Flags) -> Result<()> {
+    let settings = flags.settings()?;
+    let key = key::read(&settings.key)?;
+    if key::readable_by_others(&settings.key) {
+        warn!(
+            file = %settings.key.display(),
+            "the key file is readable by other users; chmod 600 it"
+        );
+    }
+    let mut store = DiskStore::open(&settings.data)?;
+    let socket = std::net::UdpSocket::bind(settings.listen)
+        .map_err(|e| anyhow!("cannot listen on {}: {}", settings.listen, io_reason(&e)))?;
+    let bound = socket.local_addr()?;
+    let http = match settings.http {
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr)
+                .map_err(|e| anyhow!("cannot serve HTTP on {addr}: {}", io_reason(&e)))?,
+        ),
+        None => None,
+    };
+    // The epoch is raised and on disk before the node exists, so before it
+    // seals its first datagram.
+    let me = identity::boot(&mut store, nonzero_random()?).with_context(|| {
+        format!(
+            "cannot record the node's identity in data dir {}",
+            settings.data.display()
+        )
+    })?;
+    let advertise = settings.advertised(bound);
+    info!(
+        id = %me.id,
+        epoch = me.epoch,
+        name = settings.name.as_str(),
+        listen = %bound,
+        %advertise,
+        "node starting"
+    );
+    if let Some(l) = &http {
+        info!(http = %l.local_addr()?, "status server listening");
+    }
+    let config = NodeConfig {
+        id: me.id,
+        epoch: me.epoch,
+        key,
+        profile: Profile {
+            name: settings.name.clone(),
+            addr: advertise,
+            kind: NodeKind::Host,
+            weight: settings.weight,
+            pools: settings.pools,
+            tags: settings.tags.clone(),
+        },
+        role: Role::Member,
+        member: MemberConfig::default(),
+        link: Default::default(),
+        request_timeout: REQUEST_TIMEOUT,
+    };
+    let host = Host {
+        config,
+        seed: random()?,
+        join: settings.join.clone(),
+        socket,
+        http,
+        store,
+    };
+    let store = host
+        .spawn(stop_signal())
+        .context("cannot start the node's thread")?
+        .join()
+        .context("the node stopped")?;
+    store.close().context("cannot close the store cleanly")?;
+    info!("stopped");
+    Ok(())
+}
+
+/// Completes on the first SIGINT or SIGTERM.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        (Err(e), _) | (_, Err(e)) => {
+            warn!(error = %e, "cannot watch for SIGINT/SIGTERM; stop the node with SIGKILL");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+}
+
+fn random() -> Result<u64> {
+    getrandom::u64().map_err(|e| anyhow!("cannot read random numbers from the OS: {e}"))
+}
+
+fn nonzero_random() -> Result<NonZeroU64> {
+    loop {
+        if let Some(n) = NonZeroU64::new(random()?) {
+            return Ok(n);
+        }
+    }
 }

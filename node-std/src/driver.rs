@@ -1,0 +1,197 @@
+//! The socket loop: a thin driver around the sans-IO [`Node`], in the shape
+//! of quinn's endpoint driver.
+//!
+//! One loop waits on three things at once: a datagram on the UDP socket
+//! ([`Node::handle_datagram`]), the node's next timer
+//! ([`Node::poll_timeout`] → [`Node::handle_timeout`]), and a [`Command`]
+//! from the status server or the shutdown signal. After every input it
+//! drains [`Node::poll_transmit`] onto the socket, then [`Node::poll_event`]
+//! into the log. Nothing here decides anything about the protocol.
+//!
+//! Time is `start.elapsed()` in microseconds, with `start` taken once when
+//! the node is built. A [`HostNode`] is several hundred KB: build it on a
+//! thread with a large stack and keep it boxed (see [`crate::host`]).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use shoal_core::Instant;
+use shoal_core::member::MemberEvent;
+use shoal_core::node::{Event, Node};
+use shoal_core::store::Storage;
+use shoal_core::wire::MAX_DATAGRAM;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info};
+
+use crate::status::{MemberView, Snapshot};
+
+/// The node as hosts run it: 256 members, 288 link peers, 512 link slots.
+pub type HostNode = Node<256, 288, 512>;
+
+/// How long a leaving node keeps running so its leave reaches the others.
+pub const LEAVE_GRACE: Duration = Duration::from_millis(300);
+
+/// Room for one received datagram. Larger than [`MAX_DATAGRAM`] so an
+/// oversized one arrives whole enough to be counted as malformed.
+const RECV_BUF: usize = 2048;
+
+/// What other tasks may ask of the driver.
+#[derive(Debug)]
+pub enum Command {
+    /// Reply with a snapshot of the node.
+    Snapshot(oneshot::Sender<Snapshot>),
+    /// Announce a leave, keep running for [`LEAVE_GRACE`], then stop.
+    Shutdown,
+}
+
+/// Runs one node on one UDP socket.
+pub struct Driver<S> {
+    node: Box<HostNode>,
+    start: std::time::Instant,
+    socket: UdpSocket,
+    store: S,
+    commands: mpsc::Receiver<Command>,
+    rx: Box<[u8; RECV_BUF]>,
+    tx: Box<[u8; MAX_DATAGRAM]>,
+}
+
+impl<S: Storage> Driver<S> {
+    /// A driver for `node`, whose clock started at `start`. The store is
+    /// held for the node's use and reporting, and handed back by [`Driver::run`].
+    pub fn new(
+        node: Box<HostNode>,
+        start: std::time::Instant,
+        socket: UdpSocket,
+        store: S,
+        commands: mpsc::Receiver<Command>,
+    ) -> Self {
+        Driver {
+            node,
+            start,
+            socket,
+            store,
+            commands,
+            rx: Box::new([0; RECV_BUF]),
+            tx: Box::new([0; MAX_DATAGRAM]),
+        }
+    }
+
+    /// The node's clock.
+    fn now(&self) -> Instant {
+        Instant::from_micros(self.start.elapsed().as_micros() as u64)
+    }
+
+    /// The wall-clock moment of node time `t`; far ahead when there is none.
+    fn wake_at(&self, t: Option<Instant>) -> tokio::time::Instant {
+        let far = tokio::time::Instant::now() + Duration::from_secs(24 * 3600);
+        t.and_then(|t| self.start.checked_add(Duration::from_micros(t.as_micros())))
+            .map_or(far, |at| tokio::time::Instant::from_std(at).min(far))
+    }
+
+    /// Drives the node until a [`Command::Shutdown`] has run its course;
+    /// returns the store so the caller can close it.
+    pub async fn run(mut self) -> S {
+        // Whatever the node queued at birth (join requests) goes out first.
+        self.flush().await;
+        let mut leave_by: Option<tokio::time::Instant> = None;
+        let mut commands_open = true;
+        loop {
+            let wake = self.wake_at(self.node.poll_timeout());
+            let stop = leave_by.unwrap_or(wake);
+            tokio::select! {
+                received = self.socket.recv_from(&mut self.rx[..]) => match received {
+                    Ok((len, src)) => {
+                        let now = self.now();
+                        self.node.handle_datagram(now, src, &mut self.rx[..len]);
+                    }
+                    // ICMP errors and the like: the node's timers recover.
+                    Err(e) => debug!(error = %e, "receive failed"),
+                },
+                () = tokio::time::sleep_until(wake) => {
+                    let now = self.now();
+                    self.node.handle_timeout(now);
+                }
+                command = self.commands.recv(), if commands_open => match command {
+                    Some(Command::Snapshot(reply)) => {
+                        let _ = reply.send(self.snapshot());
+                    }
+                    Some(Command::Shutdown) if leave_by.is_none() => {
+                        info!("leaving the cluster");
+                        let now = self.now();
+                        self.node.leave(now);
+                        leave_by = Some(tokio::time::Instant::now() + LEAVE_GRACE);
+                    }
+                    Some(Command::Shutdown) => {}
+                    None => commands_open = false,
+                },
+                () = tokio::time::sleep_until(stop), if leave_by.is_some() => break,
+            }
+            self.flush().await;
+        }
+        self.store
+    }
+
+    /// Sends every datagram the node has queued, then logs its events.
+    async fn flush(&mut self) {
+        let now = self.now();
+        while let Some(t) = self.node.poll_transmit(now, &mut self.tx[..]) {
+            if let Err(e) = self.socket.send_to(&self.tx[..t.len], t.dst).await {
+                // Lost like any datagram; probes and retransmits cover it.
+                debug!(dst = %t.dst, error = %e, "send failed");
+            }
+        }
+        while let Some(event) = self.node.poll_event() {
+            self.log(event);
+        }
+    }
+
+    fn log(&self, event: Event) {
+        match event {
+            Event::Member(change) => {
+                let id = match change {
+                    MemberEvent::Up(id)
+                    | MemberEvent::Suspect(id)
+                    | MemberEvent::Dead(id)
+                    | MemberEvent::Left(id) => id,
+                };
+                let member = self.node.membership().get(id);
+                let name = member.map_or("", |m| m.profile().name.as_str());
+                let addr = member.map(|m| tracing::field::display(m.profile().addr));
+                match change {
+                    MemberEvent::Up(_) => info!(member = %id, name, addr, "member alive"),
+                    MemberEvent::Suspect(_) => info!(member = %id, name, addr, "member suspect"),
+                    MemberEvent::Dead(_) => info!(member = %id, name, addr, "member dead"),
+                    MemberEvent::Left(_) => info!(member = %id, name, addr, "member left"),
+                }
+            }
+            Event::KeyMessage { from, key, len } => {
+                let key = u64::from_be_bytes(key.0[..8].try_into().unwrap_or_default());
+                debug!(%from, key = format_args!("{key:016x}"), len, "key message");
+            }
+            Event::Connected(id) => debug!(contact = %id, "connected"),
+            Event::Response { op, response } => debug!(op = op.0, ?response, "response"),
+            Event::Failed { op, reason } => debug!(op = op.0, %reason, "operation failed"),
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let membership = self.node.membership();
+        let mut members: Vec<MemberView> = membership
+            .members()
+            .map(|m| MemberView::of(&m.record))
+            .collect();
+        members.sort_by(|a, b| a.id.cmp(&b.id));
+        Snapshot {
+            node: MemberView::of(membership.local()),
+            members,
+            stats: self.node.stats(),
+            store: self.store.usage(),
+        }
+    }
+
+    /// The address the socket is bound to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+}

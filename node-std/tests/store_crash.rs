@@ -1,0 +1,79 @@
+//! An acknowledged write survives `kill -9`: a child process (this test
+//! binary, run again) writes and reports each acknowledged key, is killed
+//! mid-stream, and every key it reported is there when the store reopens.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shoal_core::store::{Space, Storage};
+use shoal_node::store::DiskStore;
+
+/// Set in the child: the data dir to write to.
+const WRITER_DIR: &str = "SHOAL_TEST_WRITER_DIR";
+const TEST_NAME: &str = "acknowledged_writes_survive_kill_9";
+/// How many acknowledged writes the parent waits for before the kill.
+const BEFORE_KILL: u64 = 40;
+
+fn value(i: u64) -> Vec<u8> {
+    (0..1000u64).map(|j| (i * 31 + j) as u8).collect()
+}
+
+/// The child: writes until killed, printing each write once `put` returned.
+fn write_until_killed(dir: &str) {
+    let mut store = DiskStore::open(dir.as_ref()).unwrap();
+    let mut out = std::io::stdout();
+    for i in 0..100_000u64 {
+        store
+            .put(Space::Records, &i.to_le_bytes(), &value(i))
+            .unwrap();
+        writeln!(out, "acked {i}").unwrap();
+        out.flush().unwrap();
+    }
+}
+
+#[test]
+fn acknowledged_writes_survive_kill_9() {
+    if let Ok(dir) = std::env::var(WRITER_DIR) {
+        write_until_killed(&dir);
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
+        .env(WRITER_DIR, dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let acked = |line: &str| {
+        line.strip_prefix("acked ")
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = None;
+    while last.is_none_or(|n| n < BEFORE_KILL) {
+        assert!(Instant::now() < deadline, "the writer is too slow");
+        let line = lines.next().expect("writer ended early").unwrap();
+        last = acked(&line).or(last);
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // Acknowledgements already in the pipe count too.
+    let last = lines
+        .map_while(Result::ok)
+        .filter_map(|l| acked(&l))
+        .fold(last.unwrap(), u64::max);
+
+    let store = DiskStore::open(dir.path()).expect("the store reopens after kill -9");
+    let mut buf = vec![0u8; 2000];
+    for i in 0..=last {
+        let len = store
+            .get(Space::Records, &i.to_le_bytes(), &mut buf)
+            .unwrap()
+            .unwrap_or_else(|| panic!("acknowledged write {i} of {last} lost"));
+        assert_eq!(buf[..len], value(i), "write {i} damaged");
+    }
+    assert!(store.usage().entries > last);
+}
