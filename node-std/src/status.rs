@@ -76,11 +76,9 @@ pub struct Snapshot {
 /// The states, in the order metrics and pages list them.
 const STATES: [State; 4] = [State::Alive, State::Suspect, State::Dead, State::Left];
 
-/// Retransmitted link frames. The one place that reads the link's counters:
-/// when the reliable link lands, return its retransmit count here.
-fn link_retransmits(_link: &LinkStats) -> u64 {
-    // FILL IN with the real link: `_link.retransmits`.
-    0
+/// Retransmitted link frames.
+fn link_retransmits(link: &LinkStats) -> u64 {
+    link.retransmits
 }
 
 impl Snapshot {
