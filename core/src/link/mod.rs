@@ -33,10 +33,10 @@
 //!   `Reset` naming its seq, and a sender that holds that seq renumbers its
 //!   unfinished messages from 0 and sends them again. Learning of a peer's
 //!   higher epoch (from a frame or from [`Link::send`]) does the same.
-//! - **Peer table.** State for up to `P` peers; when full, a peer with nothing
-//!   in flight that has been quiet for longer than the failure bound is
-//!   forgotten, else the newcomer is refused (`PeerTableFull`, or a counted
-//!   drop for an incoming frame).
+//! - **Peer table.** State for up to `P` peers; when full, the least recently
+//!   active peer with nothing in flight is forgotten — preferably one quiet
+//!   for longer than the failure bound — else the newcomer is refused
+//!   (`PeerTableFull`, or a counted drop for an incoming frame).
 //!
 //! # Call order
 //! [`Link::send`] (command) and [`Link::handle_frame`] / [`Link::handle_timeout`]
@@ -605,17 +605,19 @@ impl<const P: usize, const S: usize> Link<P, S> {
         }
         let fresh = Peer::new(peer, epoch, now, self.config.rto_initial);
         if self.peers.is_full() {
-            // Only a peer quiet for longer than any retransmission could last
-            // is forgotten, so no frame of its old stream can still arrive.
+            // Forget the least recently active peer with nothing in flight.
+            // Best is one quiet for longer than any retransmission could
+            // last, so no frame of its old stream can still arrive; a peer
+            // that went quiet more recently is taken only when none is.
+            let idle =
+                |p: &Peer| p.tx.is_empty() && !self.rx_msgs.iter().any(|m| m.peer == p.id);
             let quiet = self.config.failure_bound();
-            let idle = |p: &Peer| {
-                p.tx.is_empty()
-                    && !self.rx_msgs.iter().any(|m| m.peer == p.id)
-                    && now.saturating_since(p.last_active) >= quiet
-            };
             let victim = (0..self.peers.len())
                 .filter(|&i| idle(&self.peers[i]))
-                .min_by_key(|&i| self.peers[i].last_active)?;
+                .min_by_key(|&i| {
+                    let p = &self.peers[i];
+                    (now.saturating_since(p.last_active) < quiet, p.last_active)
+                })?;
             self.peers[victim] = fresh;
             return Some(victim);
         }
