@@ -1,6 +1,246 @@
-//! `shoal`: the operator CLI.
+//! `shoal`: the operator CLI, a protocol client of a Shoal cluster.
+//!
+//! The client is not a member: it speaks the authenticated protocol to one
+//! contact node (`--node`) with the cluster key (`--key`), as a client
+//! [`Node`](shoal_core::node::Node) driven by [`client`]. Local clusters of
+//! `shoal-node` processes for development, the demo and the benchmark are in
+//! [`cluster`]. See `docs/cli.md`.
+//!
+//! Exit codes: 0 success, 1 failure, 2 usage error, 3 no answer from the
+//! node (unreachable, or the key is wrong).
+#![deny(unsafe_code)]
 
-fn main() {
-    eprintln!("shoal: not built yet");
-    std::process::exit(2);
+mod bench;
+mod client;
+mod cluster;
+mod commands;
+mod demo;
+mod http;
+mod keyfile;
+mod members;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::{ClientConfig, ClientError};
+
+#[derive(Parser)]
+#[command(
+    name = "shoal",
+    version,
+    about = "Operate a Shoal cluster: list its members, send key-addressed messages, run a \
+             local cluster or the demo.",
+    after_help = "Exit codes: 0 success, 1 failure, 2 usage error, 3 no answer from the node."
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags every command accepts.
+#[derive(Args, Clone, Debug)]
+struct Global {
+    /// The node to talk to.
+    #[arg(long, env = "SHOAL_NODE", global = true, value_name = "IP:PORT")]
+    node: Option<String>,
+    /// The cluster key file (64 hex digits).
+    #[arg(long, env = "SHOAL_KEY", global = true, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// How long to wait for the node to answer, and for each request.
+    #[arg(long, global = true, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
+    timeout: Duration,
+    /// Print JSON instead of text (status, send).
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a new random cluster key: 64 hex digits, mode 0600.
+    Keygen {
+        /// Where to write it.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Replace the file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show the member table of the node.
+    Status,
+    /// Send a message to whichever node owns KEY, and show who answered.
+    Send {
+        /// The key; the router picks its owner.
+        #[arg(value_name = "KEY")]
+        routing_key: String,
+        /// The message.
+        message: String,
+        /// The pool whose nodes may own the key.
+        #[arg(long, default_value = "data")]
+        pool: String,
+    },
+    /// Run a local cluster of shoal-node processes in the background.
+    Dev {
+        #[command(subcommand)]
+        command: Dev,
+    },
+    /// Start a 3-node cluster, show membership, routing and failure
+    /// detection at work, and stop it.
+    Demo,
+    /// Measure key-addressed request round trips on a 3-node loopback
+    /// cluster beside plain UDP echo.
+    Bench {
+        /// Requests per measurement.
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+    },
+    /// Echo UDP datagrams on 127.0.0.1 (the benchmark's baseline peer).
+    #[command(hide = true)]
+    UdpEcho,
+}
+
+#[derive(Subcommand)]
+enum Dev {
+    /// Start N nodes on 127.0.0.1 and wait until all are alive.
+    Up {
+        /// How many nodes.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=32))]
+        nodes: u16,
+        /// The cluster directory: key, data dirs, logs, pids.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Stop the nodes a `dev up` started in DIR.
+    Down {
+        /// The cluster directory.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
+}
+
+/// A mistake in how the command was called.
+#[derive(Debug)]
+struct UsageError(String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 86_400.0 => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds between 0 and 86400"
+        )),
+    }
+}
+
+impl Global {
+    /// The contact and key, checked in the order a person fixes them.
+    fn client_config(&self) -> Result<ClientConfig> {
+        let node = self.node.as_deref().ok_or_else(|| {
+            UsageError("no node given: pass --node IP:PORT or set SHOAL_NODE".into())
+        })?;
+        let contact = parse_addr(node)?;
+        let key_path = self.key.as_ref().ok_or_else(|| {
+            UsageError(
+                "no key given: pass --key FILE or set SHOAL_KEY (create one with `shoal keygen \
+                 --out FILE`)"
+                    .into(),
+            )
+        })?;
+        let key = keyfile::read(key_path)?;
+        Ok(ClientConfig {
+            contact,
+            key,
+            timeout: self.timeout,
+        })
+    }
+}
+
+/// `IP:PORT`, with a usage error that shows the expected form.
+fn parse_addr(text: &str) -> Result<SocketAddr> {
+    match text.trim().parse::<SocketAddr>() {
+        Ok(a) if a.port() != 0 => Ok(a),
+        _ => Err(UsageError(format!(
+            "malformed node address {text:?}: expected IP:PORT, such as 127.0.0.1:7000 or \
+             [::1]:7000"
+        ))
+        .into()),
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let g = cli.global;
+    match cli.command {
+        Command::Keygen { out, force } => commands::keygen(&out, force),
+        Command::Status => commands::status(&g.client_config()?, g.json),
+        Command::Send {
+            routing_key,
+            message,
+            pool,
+        } => {
+            let pool = shoal_core::Pool::from_name(&pool).ok_or_else(|| {
+                UsageError(format!(
+                    "unknown pool {pool:?}: pools are meta, data, runner, sched, mcu"
+                ))
+            })?;
+            commands::send(&g.client_config()?, pool, &routing_key, &message, g.json)
+        }
+        Command::Dev {
+            command: Dev::Up { nodes, dir },
+        } => commands::dev_up(usize::from(nodes), &dir),
+        Command::Dev {
+            command: Dev::Down { dir },
+        } => commands::dev_down(&dir),
+        Command::Demo => demo::run(),
+        Command::Bench { requests } => bench::run(requests),
+        Command::UdpEcho => bench::udp_echo(),
+    }
+}
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<UsageError>().is_some() {
+        2
+    } else if let Some(ClientError::NoAnswer { .. }) = e.downcast_ref::<ClientError>() {
+        3
+    } else {
+        1
+    }
+}
+
+fn main() -> ExitCode {
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("shoal: internal error: {info}");
+    }));
+    let cli = Cli::parse();
+    // The client node is built on this thread's stack before it is boxed;
+    // give it room whatever the platform's main-thread stack is.
+    let worker = std::thread::Builder::new()
+        .name("shoal".into())
+        .stack_size(64 << 20)
+        .spawn(move || run(cli));
+    let result = match worker {
+        Ok(handle) => handle
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the command panicked"))),
+        Err(e) => Err(anyhow::anyhow!("cannot start a thread: {e}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shoal: {e:#}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
 }

@@ -3,8 +3,14 @@
 //! - `cargo xtask test` — everything CI runs, installing missing targets first.
 //! - `cargo xtask sim SCENARIO --seed S --nodes N` — replays one simulator run.
 //! - `cargo xtask bench router` — the router benchmark.
+//! - `cargo xtask bench net` — key-addressed round trips on a 3-node loopback
+//!   cluster beside plain UDP echo (release build).
+//! - `cargo xtask demo` — builds `shoal-node` and `shoal` in release and runs
+//!   `shoal demo`: a 3-node local cluster showing every subsystem at work.
 
-use std::process::Command;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -36,9 +42,14 @@ enum Task {
     },
     /// Run a benchmark and print its table.
     Bench {
-        /// Which benchmark: router.
+        /// Which benchmark: router, net.
         which: String,
+        /// Extra arguments for the benchmark (`net`: `--requests N`).
+        #[arg(last = true)]
+        args: Vec<String>,
     },
+    /// Build the node and the CLI in release and run `shoal demo`.
+    Demo,
 }
 
 /// Targets the tests build for.
@@ -75,11 +86,72 @@ fn main() -> Result<()> {
             }
             cargo(&args)
         }
-        Task::Bench { which } => match which.as_str() {
+        Task::Bench { which, args } => match which.as_str() {
             "router" => cargo(&["bench", "-p", "shoal-core", "--bench", "router"]),
-            other => bail!("unknown benchmark {other:?}; try: router"),
+            "net" => shoal(&["bench"], &args),
+            other => bail!("unknown benchmark {other:?}; try: router, net"),
         },
+        Task::Demo => shoal(&["demo"], &[]),
     }
+}
+
+/// Builds `shoal-node` and `shoal` in release, then runs `shoal ARGS…`
+/// with `SHOAL_NODE_BIN` naming the node binary just built.
+fn shoal(args: &[&str], extra: &[String]) -> Result<()> {
+    let bins = build_release(&[("shoal-node", "shoal-node"), ("shoal-cli", "shoal")])?;
+    let status = Command::new(&bins["shoal"])
+        .args(args)
+        .args(extra)
+        .env("SHOAL_NODE_BIN", &bins["shoal-node"])
+        .status()
+        .context("running shoal")?;
+    if !status.success() {
+        // shoal has said what went wrong; pass its exit code on.
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    Ok(())
+}
+
+/// Builds `(package, binary)` pairs in release and returns each binary's
+/// path, as cargo reports it (so `CARGO_TARGET_DIR` and config are honoured).
+fn build_release(bins: &[(&str, &str)]) -> Result<HashMap<String, PathBuf>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "--release",
+        "--message-format=json-render-diagnostics",
+    ]);
+    for (package, bin) in bins {
+        cmd.args(["-p", package, "--bin", bin]);
+    }
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo build")?;
+    if !out.status.success() {
+        bail!("cargo build --release exited with {}", out.status);
+    }
+    let mut found = HashMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" {
+            continue;
+        }
+        if let (Some(name), Some(exe)) =
+            (msg["target"]["name"].as_str(), msg["executable"].as_str())
+        {
+            found.insert(name.to_string(), PathBuf::from(exe));
+        }
+    }
+    for (_, bin) in bins {
+        if !found.contains_key(*bin) {
+            bail!("cargo built no {bin} executable");
+        }
+    }
+    Ok(found)
 }
 
 fn test() -> Result<()> {

@@ -1,0 +1,507 @@
+//! A blocking driver around a client [`Node`]: one UDP socket, one loop.
+//!
+//! The client is not a cluster member. It says hello to its contact node
+//! until the node answers ([`Event::Connected`]), then sends requests over
+//! the reliable link and waits for their [`Event::Response`] or
+//! [`Event::Failed`]. The loop is the one the core's docs prescribe: feed
+//! received datagrams and due timeouts, drain `poll_transmit`, then
+//! `poll_event`, then sleep on the socket until `poll_timeout`.
+//!
+//! Every run picks a fresh random [`NodeId`] and boot epoch 1, so the
+//! `(sender, epoch, counter)` nonces it seals under are new
+//! (see `docs/protocol.md`).
+//!
+//! The socket is connected to the contact, so the kernel reports an ICMP
+//! "port unreachable" as `ConnectionRefused`. That separates "nothing
+//! listens there" from "something listens but never answers", which is what
+//! a node does with datagrams sealed under another key.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::time::{Duration as StdDuration, Instant as StdInstant};
+
+use shoal_core::link::LinkConfig;
+use shoal_core::member::{MemberConfig, Profile, Record};
+use shoal_core::node::{
+    CommandError, Event, Node, NodeConfig, OpFailure, OpId, RemoteError, Response, Role,
+};
+use shoal_core::wire::{ClusterKey, MAX_DATAGRAM};
+use shoal_core::{Duration, Instant, NodeId, NodeKind, Pool, PoolSet};
+
+/// The client's node: a few member entries (it tracks none), a few link
+/// peers (it talks to one), and link slots for many requests in flight.
+pub type ClientNode = Node<8, 8, 64>;
+
+/// Most requests one client keeps in flight (the core's operation table).
+pub const MAX_IN_FLIGHT: usize = 64;
+
+/// Where to connect and how long to wait.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// The contact node's address.
+    pub contact: SocketAddr,
+    /// The cluster key.
+    pub key: ClusterKey,
+    /// How long to wait for the hello's answer, and for each request.
+    pub timeout: StdDuration,
+}
+
+/// Why the client could not do what it was asked.
+#[derive(Debug)]
+pub enum ClientError {
+    /// The contact never answered the hello.
+    NoAnswer {
+        /// The contact.
+        addr: SocketAddr,
+        /// How long we waited.
+        timeout: StdDuration,
+        /// The kernel said nothing listens there (ICMP port unreachable).
+        refused: bool,
+        /// Datagrams came back that did not verify under our key.
+        auth_failed: bool,
+    },
+    /// A request failed after the contact answered the hello.
+    Request {
+        /// The contact.
+        addr: SocketAddr,
+        /// What the core reported.
+        reason: OpFailure,
+    },
+    /// The core refused to send a request.
+    Command(CommandError),
+    /// The node answered with a response of the wrong kind.
+    Unexpected(&'static str),
+    /// The socket failed.
+    Io(io::Error),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::NoAnswer {
+                addr,
+                auth_failed: true,
+                ..
+            } => write!(
+                f,
+                "authentication failed: is this the cluster's key? ({addr} answered with \
+                 datagrams that do not verify under it)"
+            ),
+            ClientError::NoAnswer {
+                addr,
+                timeout,
+                refused: true,
+                ..
+            } => write!(
+                f,
+                "no answer from {addr} within {}: is a shoal-node running there?",
+                seconds(*timeout)
+            ),
+            ClientError::NoAnswer { addr, timeout, .. } => write!(
+                f,
+                "no answer from {addr} within {}: authentication failed: is this the \
+                 cluster's key? (a node drops datagrams sealed under another key without a \
+                 word; if the key is right, is a shoal-node running there?)",
+                seconds(*timeout)
+            ),
+            ClientError::Request {
+                addr,
+                reason: OpFailure::TimedOut,
+            } => write!(
+                f,
+                "{addr} answered the hello but not the request in time: the node or the \
+                 key's owner may be overloaded or failing; retry, or raise --timeout"
+            ),
+            ClientError::Request {
+                addr,
+                reason: OpFailure::Undeliverable,
+            } => write!(
+                f,
+                "the request to {addr} could not be delivered: the node stopped answering"
+            ),
+            ClientError::Request {
+                addr,
+                reason: OpFailure::Remote(e),
+            } => write!(f, "{addr} could not serve the request: {e}"),
+            ClientError::Command(e) => write!(f, "the request was not sent: {e}"),
+            ClientError::Unexpected(what) => {
+                write!(f, "the node answered with something other than {what}")
+            }
+            ClientError::Io(e) => write!(f, "socket error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl From<io::Error> for ClientError {
+    fn from(e: io::Error) -> Self {
+        ClientError::Io(e)
+    }
+}
+
+/// `5 s`, `0.5 s`.
+pub fn seconds(d: StdDuration) -> String {
+    let s = d.as_secs_f64();
+    if s.fract() == 0.0 {
+        format!("{s:.0} s")
+    } else {
+        format!("{s} s")
+    }
+}
+
+/// A key-addressed request's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sent {
+    /// The node that took the message (the key's owner in its view).
+    pub by: NodeId,
+    /// How many times the request was forwarded on the way.
+    pub hops: u8,
+}
+
+/// One request of a [`Client::send_many`] batch.
+#[derive(Clone, Copy, Debug)]
+pub struct Outcome {
+    /// The answer, or why there was none.
+    pub result: Result<Sent, OpFailure>,
+    /// From handing the request to the core to seeing its outcome.
+    pub latency: StdDuration,
+}
+
+/// A client connected to one contact node.
+pub struct Client {
+    node: Box<ClientNode>,
+    socket: UdpSocket,
+    contact: SocketAddr,
+    contact_id: NodeId,
+    timeout: StdDuration,
+    start: StdInstant,
+    buf: Vec<u8>,
+    refused: bool,
+    read_timeout: Option<StdDuration>,
+}
+
+impl Client {
+    /// Says hello to the contact until it answers or the timeout passes.
+    pub fn connect(config: &ClientConfig) -> Result<Client, ClientError> {
+        let local: SocketAddr = match config.contact {
+            SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+            SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let socket = UdpSocket::bind(local)?;
+        socket.connect(config.contact)?;
+        let start = StdInstant::now();
+        let node_config = NodeConfig {
+            id: fresh_id()?,
+            epoch: 1,
+            key: config.key.clone(),
+            profile: Profile {
+                name: heapless::String::try_from("shoal-cli").unwrap_or_default(),
+                addr: socket.local_addr()?,
+                kind: NodeKind::Host,
+                weight: 0,
+                pools: PoolSet::EMPTY,
+                tags: heapless::Vec::new(),
+            },
+            role: Role::Client {
+                contact: config.contact,
+            },
+            member: MemberConfig::default(),
+            link: LinkConfig::default(),
+            request_timeout: core_duration(config.timeout),
+        };
+        let node = Box::new(ClientNode::new(Instant::ZERO, node_config, random_u64()?));
+        let mut client = Client {
+            node,
+            socket,
+            contact: config.contact,
+            contact_id: NodeId(0),
+            timeout: config.timeout,
+            start,
+            buf: vec![0; MAX_DATAGRAM],
+            refused: false,
+            read_timeout: None,
+        };
+        let deadline = start + config.timeout;
+        let connected = client.wait_for(deadline, |e| match e {
+            Event::Connected(id) => Some(id),
+            _ => None,
+        })?;
+        match connected {
+            Some(id) => {
+                client.contact_id = id;
+                Ok(client)
+            }
+            None => Err(ClientError::NoAnswer {
+                addr: config.contact,
+                timeout: config.timeout,
+                refused: client.refused,
+                auth_failed: client.node.stats().drops.authentication > 0,
+            }),
+        }
+    }
+
+    /// The contact node's id.
+    pub fn contact_id(&self) -> NodeId {
+        self.contact_id
+    }
+
+    /// The contact node's address.
+    pub fn contact(&self) -> SocketAddr {
+        self.contact
+    }
+
+    /// The contact's whole member table, itself first, paged through
+    /// [`Node::members_page`] until its `total`.
+    pub fn members(&mut self) -> Result<Vec<Record>, ClientError> {
+        let mut records: Vec<Record> = Vec::new();
+        let mut from = 0u16;
+        loop {
+            let response = self.request(|node, now| node.members_page(now, from))?;
+            let Response::Members {
+                records: page,
+                total,
+            } = response
+            else {
+                return Err(ClientError::Unexpected("a member page"));
+            };
+            let empty = page.is_empty();
+            from = from.saturating_add(u16::try_from(page.len()).unwrap_or(u16::MAX));
+            for r in page {
+                // The table may change between pages; keep one row per id.
+                if !records.iter().any(|x| x.id == r.id) {
+                    records.push(r);
+                }
+            }
+            if empty || from >= total {
+                return Ok(records);
+            }
+        }
+    }
+
+    /// Sends `payload` to the owner of `key` in `pool`.
+    pub fn send(&mut self, pool: Pool, key: &[u8], payload: &[u8]) -> Result<Sent, ClientError> {
+        match self.request(|node, now| node.send_to_key(now, pool, key, payload))? {
+            Response::Sent { by, hops } => Ok(Sent { by, hops }),
+            _ => Err(ClientError::Unexpected("a delivery receipt")),
+        }
+    }
+
+    /// Sends one key-addressed message per key, keeping up to `concurrency`
+    /// in flight, and returns each one's outcome and latency in key order.
+    pub fn send_many(
+        &mut self,
+        pool: Pool,
+        keys: &[Vec<u8>],
+        payload: &[u8],
+        concurrency: usize,
+    ) -> Result<Vec<Outcome>, ClientError> {
+        let concurrency = concurrency.clamp(1, MAX_IN_FLIGHT);
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; keys.len()];
+        let mut in_flight: HashMap<OpId, (usize, StdInstant)> = HashMap::new();
+        let mut next = 0;
+        let mut done = 0;
+        // Every operation ends by the core's request timeout; this guards
+        // against one whose outcome the core lost.
+        let stall = self.timeout + StdDuration::from_secs(1);
+        let mut last_progress = StdInstant::now();
+        while done < keys.len() {
+            while in_flight.len() < concurrency && next < keys.len() {
+                let now = self.now();
+                match self.node.send_to_key(now, pool, &keys[next], payload) {
+                    Ok(op) => {
+                        in_flight.insert(op, (next, StdInstant::now()));
+                        next += 1;
+                    }
+                    Err(CommandError::Busy) if !in_flight.is_empty() => break,
+                    Err(e) => return Err(ClientError::Command(e)),
+                }
+            }
+            self.flush()?;
+            while let Some(event) = self.node.poll_event() {
+                let (op, result) = match event {
+                    Event::Response {
+                        op,
+                        response: Response::Sent { by, hops },
+                    } => (op, Ok(Sent { by, hops })),
+                    Event::Response { op, .. } => {
+                        (op, Err(OpFailure::Remote(RemoteError::Malformed)))
+                    }
+                    Event::Failed { op, reason } => (op, Err(reason)),
+                    _ => continue,
+                };
+                if let Some((i, started)) = in_flight.remove(&op) {
+                    outcomes[i] = Some(Outcome {
+                        result,
+                        latency: started.elapsed(),
+                    });
+                    done += 1;
+                    last_progress = StdInstant::now();
+                }
+            }
+            if done == keys.len() {
+                break;
+            }
+            if in_flight.len() < concurrency && next < keys.len() {
+                continue;
+            }
+            if last_progress.elapsed() > stall {
+                return Err(ClientError::Request {
+                    addr: self.contact,
+                    reason: OpFailure::TimedOut,
+                });
+            }
+            self.wait(last_progress + stall)?;
+        }
+        Ok(outcomes.into_iter().flatten().collect())
+    }
+
+    /// Issues one request and waits for its outcome.
+    fn request(
+        &mut self,
+        issue: impl FnOnce(&mut ClientNode, Instant) -> Result<OpId, CommandError>,
+    ) -> Result<Response, ClientError> {
+        let now = self.now();
+        let op = issue(&mut self.node, now).map_err(ClientError::Command)?;
+        // The core fails the operation at its request timeout; the extra
+        // second only guards against an outcome the core lost.
+        let deadline = StdInstant::now() + self.timeout + StdDuration::from_secs(1);
+        let outcome = self.wait_for(deadline, |e| match e {
+            Event::Response { op: o, response } if o == op => Some(Ok(response)),
+            Event::Failed { op: o, reason } if o == op => Some(Err(reason)),
+            _ => None,
+        })?;
+        let addr = self.contact;
+        match outcome {
+            Some(Ok(response)) => Ok(response),
+            Some(Err(reason)) => Err(ClientError::Request { addr, reason }),
+            None => Err(ClientError::Request {
+                addr,
+                reason: OpFailure::TimedOut,
+            }),
+        }
+    }
+
+    /// Runs the loop until `pick` accepts an event (`Some`) or `deadline`
+    /// passes (`None`). Events `pick` declines are dropped.
+    fn wait_for<T>(
+        &mut self,
+        deadline: StdInstant,
+        mut pick: impl FnMut(Event) -> Option<T>,
+    ) -> Result<Option<T>, ClientError> {
+        loop {
+            self.flush()?;
+            while let Some(event) = self.node.poll_event() {
+                if let Some(t) = pick(event) {
+                    return Ok(Some(t));
+                }
+            }
+            if StdInstant::now() >= deadline {
+                return Ok(None);
+            }
+            self.wait(deadline)?;
+        }
+    }
+
+    /// Sends every datagram the node has ready.
+    fn flush(&mut self) -> Result<(), ClientError> {
+        loop {
+            let now = self.now();
+            let Some(t) = self.node.poll_transmit(now, &mut self.buf) else {
+                return Ok(());
+            };
+            if t.dst != self.contact {
+                // A client talks to its contact only.
+                continue;
+            }
+            match self.socket.send(&self.buf[..t.len]) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => self.refused = true,
+                // The kernel's buffer is full: the link retransmits.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Waits for one datagram or the node's next timer (at most until
+    /// `deadline`) and feeds it to the node.
+    fn wait(&mut self, deadline: StdInstant) -> Result<(), ClientError> {
+        let mut wake = deadline;
+        if let Some(t) = self.node.poll_timeout() {
+            wake = wake.min(self.start + StdDuration::from_micros(t.as_micros()));
+        }
+        let left = wake.saturating_duration_since(StdInstant::now());
+        if left.is_zero() {
+            let now = self.now();
+            self.node.handle_timeout(now);
+            return Ok(());
+        }
+        // Setting the timeout is a system call; skip it when it barely moved.
+        let want = left.max(StdDuration::from_millis(1));
+        let stale = self
+            .read_timeout
+            .is_none_or(|t| t > want || want - t > StdDuration::from_millis(5));
+        if stale {
+            self.socket.set_read_timeout(Some(want))?;
+            self.read_timeout = Some(want);
+        }
+        match self.socket.recv(&mut self.buf) {
+            Ok(n) => {
+                let now = self.now();
+                let contact = self.contact;
+                self.node.handle_datagram(now, contact, &mut self.buf[..n]);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                let now = self.now();
+                self.node.handle_timeout(now);
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => self.refused = true,
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    fn now(&self) -> Instant {
+        let micros = self.start.elapsed().as_micros();
+        Instant::from_micros(u64::try_from(micros).unwrap_or(u64::MAX))
+    }
+}
+
+impl Drop for Client {
+    /// Lingers long enough to send the acknowledgements the link still
+    /// owes. The link acknowledges after `ack_delay`; a client that exits
+    /// sooner leaves the node retransmitting its last response, holding one
+    /// of the node's link peer slots until its retransmissions run out.
+    fn drop(&mut self) {
+        let ack_delay = StdDuration::from_micros(LinkConfig::default().ack_delay.as_micros());
+        let deadline = StdInstant::now() + ack_delay + StdDuration::from_millis(15);
+        let _ = self.wait_for(deadline, |_| None::<()>);
+    }
+}
+
+fn core_duration(d: StdDuration) -> Duration {
+    Duration::from_micros(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// A random 64-bit value from the operating system.
+pub fn random_u64() -> io::Result<u64> {
+    getrandom::u64().map_err(|e| io::Error::other(format!("no random numbers: {e}")))
+}
+
+/// A fresh random node id; never 0, which names no node.
+fn fresh_id() -> io::Result<NodeId> {
+    loop {
+        let id = random_u64()?;
+        if id != 0 {
+            return Ok(NodeId(id));
+        }
+    }
+}
