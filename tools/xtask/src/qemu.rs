@@ -87,8 +87,15 @@ pub fn decode(elf: &Path, mut input: impl Read, prefix: &str) -> Result<()> {
 }
 
 /// `cargo xtask qemu ELF [WORDS…]`: the firmware's cargo runner; boots one
-/// image with host port 7101 forwarded and prints its log.
-pub fn run(elf: PathBuf, args: Vec<String>) -> Result<()> {
+/// image with host port 7101 forwarded and prints its log. The image
+/// advertises 127.0.0.1:7101 and boots in epoch "now" unless `words` say
+/// otherwise.
+pub fn run(elf: PathBuf, words: Vec<String>) -> Result<()> {
+    let mut args = vec![
+        format!("epoch={}", crate::fleet::epoch_now()),
+        "advertise=127.0.0.1:7101".to_string(),
+    ];
+    args.extend(words);
     let instance = Instance {
         elf,
         mac: "52:54:00:12:34:51".into(),
