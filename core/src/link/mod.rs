@@ -609,8 +609,7 @@ impl<const P: usize, const S: usize> Link<P, S> {
             // Best is one quiet for longer than any retransmission could
             // last, so no frame of its old stream can still arrive; a peer
             // that went quiet more recently is taken only when none is.
-            let idle =
-                |p: &Peer| p.tx.is_empty() && !self.rx_msgs.iter().any(|m| m.peer == p.id);
+            let idle = |p: &Peer| p.tx.is_empty() && !self.rx_msgs.iter().any(|m| m.peer == p.id);
             let quiet = self.config.failure_bound();
             let victim = (0..self.peers.len())
                 .filter(|&i| idle(&self.peers[i]))

@@ -39,8 +39,12 @@ use crate::{Duration, Instant, NodeId, Pool};
 // Every link frame, sealed, fits one datagram.
 const _: () = assert!(MAX_FRAME + wire::OVERHEAD <= wire::MAX_DATAGRAM);
 
-/// Largest message the node sends or accepts over the link.
+/// Largest message a host node sends or accepts over the link: the default
+/// size of [`Node`]'s message buffer.
 pub const MAX_MESSAGE: usize = 16 * 1024;
+/// Events a host node queues between two drains: the default length of
+/// [`Node`]'s event queue.
+pub const EVENTS: usize = 16;
 /// Most forwarding hops a key-addressed request takes before the node it
 /// reaches serves it regardless (views can briefly disagree).
 pub const MAX_HOPS: u8 = 3;
@@ -48,7 +52,6 @@ pub const MAX_HOPS: u8 = 3;
 const OPS: usize = 64;
 const FORWARDS: usize = 64;
 const STRANGERS: usize = 32;
-const EVENTS: usize = 16;
 
 /// Whether the node is a cluster member or a client of one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,13 +155,29 @@ struct Contact {
     next_hello: Instant,
 }
 
-/// One Shoal node: `M` member-table entries, `P` link peers, `S` link slots.
-pub struct Node<const M: usize, const P: usize, const S: usize> {
-    scratch: [u8; MAX_MESSAGE],
-    engine: Engine<M, P, S>,
+/// One Shoal node: `M` member-table entries, `P` link peers, `S` link slots,
+/// a `B`-byte message buffer and an event queue of `E`.
+///
+/// `B` bounds every message the node receives, builds or forwards; make
+/// [`LinkConfig::max_message`] no larger. Host nodes keep the defaults; a
+/// microcontroller picks a smaller `B` (and `E`, since an [`Event`] holding
+/// a `Members` page is nearly a kilobyte) to fit its RAM. A message larger
+/// than `B` is dropped on arrival and counted in [`LinkStats::no_slot`];
+/// a command that does not fit answers [`CommandError::TooLarge`].
+///
+/// [`LinkStats::no_slot`]: crate::link::LinkStats::no_slot
+pub struct Node<
+    const M: usize,
+    const P: usize,
+    const S: usize,
+    const B: usize = MAX_MESSAGE,
+    const E: usize = EVENTS,
+> {
+    scratch: [u8; B],
+    engine: Engine<M, P, S, E>,
 }
 
-struct Engine<const M: usize, const P: usize, const S: usize> {
+struct Engine<const M: usize, const P: usize, const S: usize, const E: usize> {
     id: NodeId,
     sealer: Sealer,
     replay: ReplayTable<P>,
@@ -170,12 +189,14 @@ struct Engine<const M: usize, const P: usize, const S: usize> {
     ops: heapless::Vec<Op, OPS>,
     forwards: heapless::Vec<Forward, FORWARDS>,
     next_request: u64,
-    events: heapless::Deque<Event, EVENTS>,
+    events: heapless::Deque<Event, E>,
     request_timeout: Duration,
     stats: NodeStats,
 }
 
-impl<const M: usize, const P: usize, const S: usize> Node<M, P, S> {
+impl<const M: usize, const P: usize, const S: usize, const B: usize, const E: usize>
+    Node<M, P, S, B, E>
+{
     /// A node that knows only itself. `seed` fixes every random choice it
     /// makes (probe order, gossip targets).
     pub fn new(now: Instant, config: NodeConfig, seed: u64) -> Self {
@@ -189,7 +210,7 @@ impl<const M: usize, const P: usize, const S: usize> Node<M, P, S> {
             }),
         };
         Node {
-            scratch: [0; MAX_MESSAGE],
+            scratch: [0; B],
             engine: Engine {
                 id: config.id,
                 sealer: Sealer::new(&config.key, config.id, config.epoch),
@@ -403,7 +424,7 @@ impl<const M: usize, const P: usize, const S: usize> Node<M, P, S> {
     }
 }
 
-impl<const M: usize, const P: usize, const S: usize> Engine<M, P, S> {
+impl<const M: usize, const P: usize, const S: usize, const E: usize> Engine<M, P, S, E> {
     fn take_request_id(&mut self) -> u64 {
         let id = self.next_request;
         self.next_request = self.next_request.wrapping_add(1).max(1);
@@ -566,7 +587,7 @@ impl<const M: usize, const P: usize, const S: usize> Engine<M, P, S> {
 
     /// Processes what the inputs produced inside the node: delivered link
     /// messages, link and member events.
-    fn drain_internal(&mut self, now: Instant, scratch: &mut [u8; MAX_MESSAGE]) {
+    fn drain_internal(&mut self, now: Instant, scratch: &mut [u8]) {
         while let Some((peer, len)) = self.link.poll_received(scratch) {
             self.on_message(now, peer, scratch, len);
         }
@@ -777,3 +798,6 @@ impl<const M: usize, const P: usize, const S: usize> Engine<M, P, S> {
         self.reply(now, to, id, &Response::Error(e));
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -7,6 +7,17 @@
 //!   cluster beside plain UDP echo (release build).
 //! - `cargo xtask demo` — builds `shoal-node` and `shoal` in release and runs
 //!   `shoal demo`: a 3-node local cluster showing every subsystem at work.
+//! - `cargo xtask sizes` — builds the firmware images and prints their
+//!   flash and static RAM against the budgets.
+//! - `cargo xtask qemu ELF [WORDS…]` — boots one QEMU firmware image and
+//!   decodes its log (the firmware's cargo runner).
+//! - `cargo xtask fleet --hosts 3 --mcus 2` — a mixed fleet of host nodes
+//!   and QEMU microcontrollers on this machine.
+
+mod firmware;
+mod fleet;
+mod qemu;
+mod smoke;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -50,10 +61,26 @@ enum Task {
     },
     /// Build the node and the CLI in release and run `shoal demo`.
     Demo,
+    /// Build every firmware image in release and print its flash and static
+    /// RAM; fails when the QEMU image is over budget.
+    Sizes,
+    /// Boot a QEMU firmware image (mps2-an385) and print its decoded log.
+    Qemu {
+        /// The firmware ELF.
+        elf: PathBuf,
+        /// Settings for the firmware, as `name=value` (e.g. `epoch=7`).
+        words: Vec<String>,
+    },
+    /// Boot the QEMU image beside a core node here; check it joins as an
+    /// `mcu` member and answers a key placed on it.
+    Smoke,
+    /// Start host nodes and QEMU microcontrollers that form one cluster.
+    Fleet(fleet::FleetArgs),
 }
 
-/// Targets the tests build for.
-const TARGETS: &[&str] = &["thumbv7m-none-eabi"];
+/// Targets the tests build for: the core and the QEMU image (Cortex-M3),
+/// the Nucleo-F429ZI image (Cortex-M4F).
+const TARGETS: &[&str] = &["thumbv7m-none-eabi", "thumbv7em-none-eabihf"];
 
 fn main() -> Result<()> {
     match Cli::parse().task {
@@ -92,6 +119,19 @@ fn main() -> Result<()> {
             other => bail!("unknown benchmark {other:?}; try: router, net"),
         },
         Task::Demo => shoal(&["demo"], &[]),
+        Task::Sizes => {
+            ensure_targets()?;
+            firmware::sizes()
+        }
+        Task::Qemu { elf, words } => {
+            ensure_qemu()?;
+            qemu::run(elf, words)
+        }
+        Task::Smoke => qemu_smoke(),
+        Task::Fleet(args) => {
+            ensure_qemu()?;
+            fleet::run(args)
+        }
     }
 }
 
@@ -183,6 +223,10 @@ fn test() -> Result<()> {
         &["test", "-p", "shoal-core"],
     )?;
     step(
+        "fuzz targets compile (running them needs nightly: see docs/testing.md)",
+        &["check", "--manifest-path", "core/fuzz/Cargo.toml", "--bins"],
+    )?;
+    step(
         "workspace tests and simulation",
         &[
             "test",
@@ -193,7 +237,84 @@ fn test() -> Result<()> {
             "sim",
         ],
     )?;
+    println!("== firmware images and their sizes");
+    firmware::sizes().context("step failed: firmware sizes")?;
+    println!("== QEMU: a firmware image joins a core node over UDP");
+    qemu_smoke().context("step failed: QEMU smoke")?;
+    step(
+        "firmware lint (QEMU board)",
+        &[
+            "clippy",
+            "--manifest-path",
+            "node-embedded/Cargo.toml",
+            "--release",
+            "--features",
+            "board-qemu",
+            "--target",
+            "thumbv7m-none-eabi",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    step(
+        "firmware lint (Nucleo board)",
+        &[
+            "clippy",
+            "--manifest-path",
+            "node-embedded/Cargo.toml",
+            "--release",
+            "--features",
+            "board-nucleo",
+            "--target",
+            "thumbv7em-none-eabihf",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    step(
+        "firmware format",
+        &[
+            "fmt",
+            "--manifest-path",
+            "node-embedded/Cargo.toml",
+            "--check",
+        ],
+    )?;
     println!("xtask test: all steps passed");
+    Ok(())
+}
+
+fn qemu_smoke() -> Result<()> {
+    ensure_qemu()?;
+    // SAFETY: single-threaded here; only the cargo child reads it.
+    unsafe { std::env::set_var("SHOAL_KEY_HEX", fleet::FLEET_KEY) };
+    let elf = firmware::QEMU.build()?;
+    smoke::run(&elf)
+}
+
+/// Installs `qemu-system-arm` with apt when it is missing (CI runs as root
+/// on Debian).
+fn ensure_qemu() -> Result<()> {
+    if Command::new("qemu-system-arm")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return Ok(());
+    }
+    println!("xtask: installing qemu-system-arm with apt-get");
+    for args in [&["update"][..], &["install", "-y", "qemu-system-arm"][..]] {
+        let ok = Command::new("apt-get")
+            .args(args)
+            .status()
+            .context("running apt-get (install qemu-system-arm by hand)")?
+            .success();
+        if !ok {
+            bail!("apt-get {} failed", args.join(" "));
+        }
+    }
     Ok(())
 }
 

@@ -1,0 +1,171 @@
+//! `cargo xtask fleet`: host nodes and QEMU microcontrollers on this
+//! machine, in one cluster.
+//!
+//! Addressing: every node advertises a 127.0.0.1 address. Host nodes listen
+//! on 127.0.0.1:7000+i. MCU `j` runs behind its own QEMU user network with
+//! its port 7000 forwarded from 127.0.0.1:7100+j, which it advertises. The
+//! firmware sends datagrams for 127.0.0.0/8 to the user-network gateway
+//! 10.0.2.2, which QEMU maps to this machine's loopback — so MCUs reach
+//! hosts and each other's forwarded ports, and hosts reach MCUs, all at the
+//! addresses they advertise.
+
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use crate::{firmware, qemu};
+
+/// First host node port; host `i` listens on `HOST_PORT + i`.
+pub const HOST_PORT: u16 = 7000;
+/// First MCU forwarded port; MCU `j` is reached at `MCU_PORT + j`.
+pub const MCU_PORT: u16 = 7100;
+/// First host HTTP status port.
+pub const HTTP_PORT: u16 = 8000;
+
+/// `cargo xtask fleet` options.
+#[derive(Args, Debug)]
+pub struct FleetArgs {
+    /// How many host nodes (`shoal-node`).
+    #[arg(long, default_value_t = 3)]
+    pub hosts: u16,
+    /// How many QEMU microcontrollers.
+    #[arg(long, default_value_t = 2)]
+    pub mcus: u16,
+    /// Where host nodes keep their data and the cluster key file.
+    #[arg(long, default_value = "target/fleet")]
+    pub dir: PathBuf,
+}
+
+/// The MAC QEMU gives MCU `j` (QEMU's own scheme: 52:54:00:12:34:5N).
+pub fn mac_of(j: u16) -> String {
+    format!("52:54:00:12:34:{:02x}", 0x51 + j)
+}
+
+/// A boot epoch that grows across restarts: the wall clock in ms.
+pub fn epoch_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| d.as_millis() as u64)
+}
+
+/// The semihosting words MCU `j` boots with.
+pub fn mcu_words(j: u16, seed_port: u16) -> Vec<String> {
+    vec![
+        format!("epoch={}", epoch_now()),
+        format!("advertise=127.0.0.1:{}", MCU_PORT + j),
+        format!("seeds=127.0.0.1:{seed_port}"),
+    ]
+}
+
+/// A fixed lab key the fleet's hosts and images share.
+pub const FLEET_KEY: &str = "5348414c2d666c6565742d6b65792d6e6f742d7365637265742d303030303030";
+
+/// Runs the fleet until Ctrl-C.
+pub fn run(args: FleetArgs) -> Result<()> {
+    let root = firmware::root();
+    let dir = root.join(&args.dir);
+    std::fs::create_dir_all(&dir)?;
+    let key_file = dir.join("cluster.key");
+    std::fs::write(&key_file, format!("{FLEET_KEY}\n"))?;
+
+    // The image carries the cluster key; build it with the fleet's.
+    // SAFETY: single-threaded at this point; the variable is read by the
+    // cargo child process only.
+    unsafe { std::env::set_var("SHOAL_KEY_HEX", FLEET_KEY) };
+    let elf = firmware::QEMU.build()?;
+    let mut children: Vec<(String, Child)> = Vec::new();
+    if args.hosts > 0 {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let ok = Command::new(cargo)
+            .current_dir(&root)
+            .args(["build", "--release", "-p", "shoal-node"])
+            .status()?
+            .success();
+        if !ok {
+            bail!("building shoal-node failed");
+        }
+    }
+    let node_bin = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("release/shoal-node");
+    for i in 0..args.hosts {
+        let port = HOST_PORT + i;
+        let data = dir.join(format!("host-{i}"));
+        std::fs::create_dir_all(&data)?;
+        let mut cmd = Command::new(&node_bin);
+        cmd.arg("--name")
+            .arg(format!("host-{i}"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--advertise")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data")
+            .arg(&data)
+            .arg("--key")
+            .arg(&key_file)
+            .arg("--http")
+            .arg(format!("127.0.0.1:{}", HTTP_PORT + i));
+        if i > 0 {
+            cmd.arg("--join").arg(format!("127.0.0.1:{HOST_PORT}"));
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", node_bin.display()))?;
+        children.push((format!("host-{i}"), child));
+    }
+    let mut logs = Vec::new();
+    for j in 0..args.mcus {
+        let seed = if args.hosts > 0 { HOST_PORT } else { MCU_PORT };
+        let instance = qemu::Instance {
+            elf: elf.clone(),
+            mac: mac_of(j),
+            host_port: MCU_PORT + j,
+            args: mcu_words(j, seed),
+        };
+        let (child, log) = qemu::spawn(&instance, format!("mcu-{j} | "))?;
+        children.push((format!("mcu-{j}"), child));
+        logs.push(log);
+    }
+
+    println!();
+    println!("fleet: {} host node(s), {} MCU(s)", args.hosts, args.mcus);
+    for i in 0..args.hosts {
+        println!(
+            "  host-{i}: udp 127.0.0.1:{}  status http://127.0.0.1:{}/",
+            HOST_PORT + i,
+            HTTP_PORT + i
+        );
+    }
+    for j in 0..args.mcus {
+        println!(
+            "  mcu-{j}:  udp 127.0.0.1:{} (QEMU, mac {})",
+            MCU_PORT + j,
+            mac_of(j)
+        );
+    }
+    println!(
+        "  cluster key: {}\n  try: shoal --node 127.0.0.1:{HOST_PORT} --key {} status",
+        key_file.display(),
+        key_file.display()
+    );
+    println!("  Ctrl-C stops the fleet.");
+
+    // Wait for any process to end; then stop the rest.
+    loop {
+        for (name, child) in &mut children {
+            if let Some(status) = child.try_wait()? {
+                println!("fleet: {name} exited with {status}; stopping the fleet");
+                for (_, c) in &mut children {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                return Ok(());
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
