@@ -9,8 +9,9 @@
 //! hosts and each other's forwarded ports, and hosts reach MCUs, all at the
 //! addresses they advertise.
 
-use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
@@ -63,70 +64,109 @@ pub fn mcu_words(j: u16, seed_port: u16) -> Vec<String> {
 /// A fixed lab key the fleet's hosts and images share.
 pub const FLEET_KEY: &str = "5348414c2d666c6565742d6b65792d6e6f742d7365637265742d303030303030";
 
-/// Runs the fleet until Ctrl-C.
-pub fn run(args: FleetArgs) -> Result<()> {
+/// What a fleet runs: the firmware image (built with the fleet key), the
+/// host node binary, and the key file.
+pub struct Build {
+    /// The QEMU firmware ELF.
+    pub elf: PathBuf,
+    /// The release `shoal-node`.
+    pub node_bin: PathBuf,
+    /// The cluster key file hosts read.
+    pub key_file: PathBuf,
+}
+
+/// Builds the firmware (with the fleet key) and, when `hosts`, the release
+/// host node; writes the key file into `dir`.
+pub fn build(dir: &Path, hosts: bool) -> Result<Build> {
     let root = firmware::root();
-    let dir = root.join(&args.dir);
-    std::fs::create_dir_all(&dir)?;
+    std::fs::create_dir_all(dir)?;
     let key_file = dir.join("cluster.key");
     std::fs::write(&key_file, format!("{FLEET_KEY}\n"))?;
-
     // The image carries the cluster key; build it with the fleet's.
     // SAFETY: single-threaded at this point; the variable is read by the
     // cargo child process only.
     unsafe { std::env::set_var("SHOAL_KEY_HEX", FLEET_KEY) };
     let elf = firmware::QEMU.build()?;
-    let mut children: Vec<(String, Child)> = Vec::new();
-    if args.hosts > 0 {
+    if hosts {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let ok = Command::new(cargo)
             .current_dir(&root)
-            .args(["build", "--release", "-p", "shoal-node"])
+            .args(["build", "--release", "-p", "shoal-node", "-p", "shoal-cli"])
             .status()?
             .success();
         if !ok {
-            bail!("building shoal-node failed");
+            bail!("building shoal-node and shoal failed");
         }
     }
-    let node_bin = std::env::var_os("CARGO_TARGET_DIR")
+    let node_bin = release_dir().join("shoal-node");
+    Ok(Build {
+        elf,
+        node_bin,
+        key_file,
+    })
+}
+
+/// Where release binaries land.
+pub fn release_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
-        .join("release/shoal-node");
+        .unwrap_or_else(|| firmware::root().join("target"))
+        .join("release")
+}
+
+/// Starts host node `i` (data under `dir/host-i`), joining host 0.
+pub fn spawn_host(b: &Build, dir: &Path, i: u16, quiet: bool) -> Result<Child> {
+    let port = HOST_PORT + i;
+    let data = dir.join(format!("host-{i}"));
+    std::fs::create_dir_all(&data)?;
+    let mut cmd = Command::new(&b.node_bin);
+    cmd.arg("--name")
+        .arg(format!("host-{i}"))
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--advertise")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data")
+        .arg(&data)
+        .arg("--key")
+        .arg(&b.key_file)
+        .arg("--http")
+        .arg(format!("127.0.0.1:{}", HTTP_PORT + i));
+    if i > 0 {
+        cmd.arg("--join").arg(format!("127.0.0.1:{HOST_PORT}"));
+    }
+    if quiet {
+        cmd.stderr(Stdio::null()).stdout(Stdio::null());
+    }
+    cmd.spawn()
+        .with_context(|| format!("starting {}", b.node_bin.display()))
+}
+
+/// Starts MCU `j` in QEMU, joining through `seed_port`; its decoded log is
+/// printed with an `mcu-j |` prefix.
+pub fn spawn_mcu(b: &Build, j: u16, seed_port: u16) -> Result<(Child, JoinHandle<()>)> {
+    let instance = qemu::Instance {
+        elf: b.elf.clone(),
+        mac: mac_of(j),
+        host_port: MCU_PORT + j,
+        args: mcu_words(j, seed_port),
+    };
+    qemu::spawn(&instance, format!("mcu-{j} | "))
+}
+
+/// Runs the fleet until Ctrl-C.
+pub fn run(args: FleetArgs) -> Result<()> {
+    let dir = firmware::root().join(&args.dir);
+    let b = build(&dir, args.hosts > 0)?;
+    let key_file = b.key_file.clone();
+    let mut children: Vec<(String, Child)> = Vec::new();
     for i in 0..args.hosts {
-        let port = HOST_PORT + i;
-        let data = dir.join(format!("host-{i}"));
-        std::fs::create_dir_all(&data)?;
-        let mut cmd = Command::new(&node_bin);
-        cmd.arg("--name")
-            .arg(format!("host-{i}"))
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--advertise")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data")
-            .arg(&data)
-            .arg("--key")
-            .arg(&key_file)
-            .arg("--http")
-            .arg(format!("127.0.0.1:{}", HTTP_PORT + i));
-        if i > 0 {
-            cmd.arg("--join").arg(format!("127.0.0.1:{HOST_PORT}"));
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", node_bin.display()))?;
-        children.push((format!("host-{i}"), child));
+        children.push((format!("host-{i}"), spawn_host(&b, &dir, i, false)?));
     }
     let mut logs = Vec::new();
     for j in 0..args.mcus {
         let seed = if args.hosts > 0 { HOST_PORT } else { MCU_PORT };
-        let instance = qemu::Instance {
-            elf: elf.clone(),
-            mac: mac_of(j),
-            host_port: MCU_PORT + j,
-            args: mcu_words(j, seed),
-        };
-        let (child, log) = qemu::spawn(&instance, format!("mcu-{j} | "))?;
+        let (child, log) = spawn_mcu(&b, j, seed)?;
         children.push((format!("mcu-{j}"), child));
         logs.push(log);
     }

@@ -16,6 +16,7 @@
 
 mod firmware;
 mod fleet;
+mod mixed;
 mod qemu;
 mod smoke;
 
@@ -76,6 +77,8 @@ enum Task {
     Smoke,
     /// Start host nodes and QEMU microcontrollers that form one cluster.
     Fleet(fleet::FleetArgs),
+    /// Run the mixed-fleet test alone (3 hosts, 2 QEMU MCUs).
+    MixedFleet,
 }
 
 /// Targets the tests build for: the core and the QEMU image (Cortex-M3),
@@ -131,6 +134,10 @@ fn main() -> Result<()> {
         Task::Fleet(args) => {
             ensure_qemu()?;
             fleet::run(args)
+        }
+        Task::MixedFleet => {
+            ensure_qemu()?;
+            mixed::run(&firmware::root().join("target/mixed-fleet"))
         }
     }
 }
@@ -241,6 +248,8 @@ fn test() -> Result<()> {
     firmware::sizes().context("step failed: firmware sizes")?;
     println!("== QEMU: a firmware image joins a core node over UDP");
     qemu_smoke().context("step failed: QEMU smoke")?;
+    println!("== mixed fleet: 3 host nodes and 2 QEMU microcontrollers");
+    mixed::run(&firmware::root().join("target/mixed-fleet")).context("step failed: mixed fleet")?;
     step(
         "firmware lint (QEMU board)",
         &[
