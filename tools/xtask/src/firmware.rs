@@ -53,14 +53,24 @@ pub fn dir() -> PathBuf {
 }
 
 impl Image {
-    /// Builds the image in release; its ELF path.
+    /// Builds the image in release with the default settings; its ELF path.
     pub fn build(&self) -> Result<PathBuf> {
+        self.build_with_key(None)
+    }
+
+    /// Builds the image in release, carrying cluster key `key` (64 hex
+    /// digits) when given; its ELF path.
+    pub fn build_with_key(&self, key: Option<&str>) -> Result<PathBuf> {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         println!(
             "== firmware {}: cargo build --release --features {} --bin {} --target {}",
             self.bin, self.feature, self.bin, self.target
         );
-        let status = Command::new(cargo)
+        let mut cmd = Command::new(cargo);
+        if let Some(key) = key {
+            cmd.env("SHOAL_KEY_HEX", key);
+        }
+        let status = cmd
             .current_dir(dir())
             .args(["build", "--release", "--features", self.feature])
             .args(["--bin", self.bin, "--target", self.target])

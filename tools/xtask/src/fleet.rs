@@ -83,10 +83,7 @@ pub fn build(dir: &Path, hosts: bool) -> Result<Build> {
     let key_file = dir.join("cluster.key");
     std::fs::write(&key_file, format!("{FLEET_KEY}\n"))?;
     // The image carries the cluster key; build it with the fleet's.
-    // SAFETY: single-threaded at this point; the variable is read by the
-    // cargo child process only.
-    unsafe { std::env::set_var("SHOAL_KEY_HEX", FLEET_KEY) };
-    let elf = firmware::QEMU.build()?;
+    let elf = firmware::QEMU.build_with_key(Some(FLEET_KEY))?;
     if hosts {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let ok = Command::new(cargo)

@@ -14,6 +14,8 @@
 //! - `cargo xtask fleet --hosts 3 --mcus 2` — a mixed fleet of host nodes
 //!   and QEMU microcontrollers on this machine.
 
+#![deny(unsafe_code)]
+
 mod firmware;
 mod fleet;
 mod mixed;
@@ -297,9 +299,7 @@ fn test() -> Result<()> {
 
 fn qemu_smoke() -> Result<()> {
     ensure_qemu()?;
-    // SAFETY: single-threaded here; only the cargo child reads it.
-    unsafe { std::env::set_var("SHOAL_KEY_HEX", fleet::FLEET_KEY) };
-    let elf = firmware::QEMU.build()?;
+    let elf = firmware::QEMU.build_with_key(Some(fleet::FLEET_KEY))?;
     smoke::run(&elf)
 }
 
