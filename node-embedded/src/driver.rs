@@ -5,7 +5,7 @@
 //! drain `poll_event` into the log, then sleep until a datagram arrives or
 //! `poll_timeout` is due.
 
-use core::net::{Ipv4Addr, SocketAddr};
+use core::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use embassy_futures::select::{Either, select};
 use embassy_net::udp::{PacketMetadata, UdpSocket};
@@ -19,6 +19,8 @@ use shoal_core::wire::{ClusterKey, MAX_DATAGRAM};
 use shoal_core::{Duration, Instant, NodeKind, Pool, PoolSet};
 
 use crate::identity::Identity;
+use static_cell::StaticCell;
+
 use crate::settings::{Settings, built};
 
 /// Member-table entries: the cluster sizes an MCU takes part in.
@@ -121,6 +123,46 @@ pub fn record_boot(store: &mut McuStore, identity: Identity) {
     if let Err(e) = store.put(Space::Local, b"identity", &v) {
         defmt::warn!("store: {}", e);
     }
+}
+
+static NODE: StaticCell<McuNode> = StaticCell::new();
+static STORE: StaticCell<McuStore> = StaticCell::new();
+static SOCKET: StaticCell<SocketBuffers> = StaticCell::new();
+
+/// What every board does once its network is up: names the node after its
+/// MAC, advertises `settings.advertise` (or `ip` and the node's port),
+/// records the boot in the store, builds the node and serves forever.
+pub async fn start(
+    stack: Stack<'static>,
+    mac: [u8; 6],
+    ip: Ipv4Addr,
+    identity: Identity,
+    seed: u64,
+    settings: &'static Settings,
+) -> ! {
+    let advertise = settings
+        .advertise
+        .unwrap_or(SocketAddr::V4(SocketAddrV4::new(ip, settings.port)));
+    let mut name = heapless::String::<24>::new();
+    let _ = core::fmt::write(
+        &mut name,
+        format_args!("mcu-{:02x}{:02x}{:02x}", mac[3], mac[4], mac[5]),
+    );
+    defmt::info!(
+        "shoal mcu {=u64:016x} epoch {=u64} mac {=[u8]:02x} ip {} advertising {}; store arena {=usize} bytes",
+        identity.id.0,
+        identity.epoch,
+        mac,
+        defmt::Debug2Format(&ip),
+        defmt::Debug2Format(&advertise),
+        built::STORE_BYTES
+    );
+    let store = STORE.init_with(McuStore::new);
+    record_boot(store, identity);
+    let config = node_config(identity, &name, advertise);
+    let node = NODE.init_with(|| McuNode::new(now(), config, seed));
+    let socket = SOCKET.init_with(SocketBuffers::new);
+    run(stack, node, socket, settings).await
 }
 
 /// Runs `node` on `stack` forever: binds the port, joins through `seeds`,

@@ -12,20 +12,18 @@
 #![no_std]
 #![no_main]
 
-use core::net::{SocketAddr, SocketAddrV4};
-
 use defmt_rtt as _;
 use embassy_executor::Spawner;
-use embassy_net::{Stack, StackResources};
+use embassy_net::StackResources;
 use embassy_stm32::bind_interrupts;
 use embassy_stm32::eth::{self, Ethernet, GenericPhy, PacketQueue, Sma};
 use embassy_stm32::peripherals::{ETH, ETH_SMA, RNG};
 use embassy_stm32::rng::{self, Rng};
 use embassy_stm32::time::Hertz;
 use panic_probe as _;
-use shoal_firmware::driver::{self, McuNode, McuStore, SocketBuffers};
+use shoal_firmware::driver;
 use shoal_firmware::identity::Identity;
-use shoal_firmware::settings::{Settings, built};
+use shoal_firmware::settings::Settings;
 use static_cell::StaticCell;
 
 bind_interrupts!(struct Irqs {
@@ -37,9 +35,6 @@ type Device = Ethernet<'static, ETH, GenericPhy<Sma<'static, ETH_SMA>>>;
 
 static PACKETS: StaticCell<PacketQueue<4, 4>> = StaticCell::new();
 static NET: StaticCell<StackResources<3>> = StaticCell::new();
-static NODE: StaticCell<McuNode> = StaticCell::new();
-static STORE: StaticCell<McuStore> = StaticCell::new();
-static SOCKET: StaticCell<SocketBuffers> = StaticCell::new();
 static SETTINGS: StaticCell<Settings> = StaticCell::new();
 
 fn clocks() -> embassy_stm32::Config {
@@ -113,37 +108,7 @@ async fn main(spawner: Spawner) {
         defmt::panic!("DHCP finished without an IPv4 address");
     };
     let ip = v4.address.address();
-    let advertise = settings
-        .advertise
-        .unwrap_or(SocketAddr::V4(SocketAddrV4::new(ip, settings.port)));
-    let mut name = heapless::String::<24>::new();
-    let _ = core::fmt::write(
-        &mut name,
-        format_args!("mcu-{:02x}{:02x}{:02x}", mac[3], mac[4], mac[5]),
-    );
-    defmt::info!(
-        "shoal mcu {=u64:016x} epoch {=u64} ip {} advertising {}; store arena {=usize} bytes",
-        identity.id.0,
-        identity.epoch,
-        defmt::Debug2Format(&ip),
-        defmt::Debug2Format(&advertise),
-        built::STORE_BYTES
-    );
-    let store = STORE.init_with(McuStore::new);
-    driver::record_boot(store, identity);
-    let config = driver::node_config(identity, &name, advertise);
-    let node = NODE.init_with(|| McuNode::new(driver::now(), config, seed));
-    let socket = SOCKET.init_with(SocketBuffers::new);
-    run_node(stack, node, socket, settings).await;
-}
-
-async fn run_node(
-    stack: Stack<'static>,
-    node: &'static mut McuNode,
-    socket: &'static mut SocketBuffers,
-    settings: &'static Settings,
-) -> ! {
-    driver::run(stack, node, socket, settings).await
+    driver::start(stack, mac, ip, identity, seed, settings).await
 }
 
 #[embassy_executor::task]

@@ -9,16 +9,16 @@
 #![no_std]
 #![no_main]
 
-use core::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use core::net::Ipv4Addr;
 
 use defmt_semihosting as _;
 use embassy_executor::Spawner;
 use embassy_executor::raw::Executor;
-use embassy_net::{Ipv4Cidr, Stack, StackResources, StaticConfigV4};
-use shoal_firmware::driver::{self, McuNode, McuStore, SocketBuffers};
+use embassy_net::{Ipv4Cidr, StackResources, StaticConfigV4};
+use shoal_firmware::driver;
 use shoal_firmware::identity::Identity;
 use shoal_firmware::qemu::{self, lan9118::Lan9118};
-use shoal_firmware::settings::{Settings, built};
+use shoal_firmware::settings::Settings;
 use static_cell::StaticCell;
 
 /// QEMU user networking's guest address and gateway.
@@ -27,9 +27,6 @@ const SLIRP_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 
 static EXECUTOR: StaticCell<Executor> = StaticCell::new();
 static NET: StaticCell<StackResources<2>> = StaticCell::new();
-static NODE: StaticCell<McuNode> = StaticCell::new();
-static STORE: StaticCell<McuStore> = StaticCell::new();
-static SOCKET: StaticCell<SocketBuffers> = StaticCell::new();
 static SETTINGS: StaticCell<Settings> = StaticCell::new();
 
 #[cortex_m_rt::entry]
@@ -77,38 +74,7 @@ async fn boot(spawner: Spawner) {
         Err(e) => defmt::panic!("spawning net: {}", e),
     }
 
-    let advertise = settings
-        .advertise
-        .unwrap_or(SocketAddr::V4(SocketAddrV4::new(ip, settings.port)));
-    let mut name = heapless::String::<24>::new();
-    let _ = core::fmt::write(
-        &mut name,
-        format_args!("mcu-{:02x}{:02x}{:02x}", mac[3], mac[4], mac[5]),
-    );
-    defmt::info!(
-        "shoal mcu {=u64:016x} epoch {=u64} mac {=[u8]:02x} ip {} advertising {}; store arena {=usize} bytes",
-        identity.id.0,
-        identity.epoch,
-        mac,
-        defmt::Debug2Format(&ip),
-        defmt::Debug2Format(&advertise),
-        built::STORE_BYTES
-    );
-    let store = STORE.init_with(McuStore::new);
-    driver::record_boot(store, identity);
-    let config = driver::node_config(identity, &name, advertise);
-    let node = NODE.init_with(|| McuNode::new(driver::now(), config, seed));
-    let socket = SOCKET.init_with(SocketBuffers::new);
-    run_node(stack, node, socket, settings).await;
-}
-
-async fn run_node(
-    stack: Stack<'static>,
-    node: &'static mut McuNode,
-    socket: &'static mut SocketBuffers,
-    settings: &'static Settings,
-) -> ! {
-    driver::run(stack, node, socket, settings).await
+    driver::start(stack, mac, ip, identity, seed, settings).await
 }
 
 #[embassy_executor::task]
