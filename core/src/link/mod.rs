@@ -538,9 +538,11 @@ impl<const P: usize, const S: usize> Link<P, S> {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut t: Option<Instant> = None;
         let mut earliest = |x: Instant| t = Some(t.map_or(x, |t| t.min(x)));
-        for s in self.tx.iter().flatten() {
-            if !s.acked && s.sent_at.is_some() {
-                earliest(s.deadline);
+        for p in &self.peers {
+            for s in self.slots(p) {
+                if !s.acked && s.sent_at.is_some() {
+                    earliest(s.deadline);
+                }
             }
         }
         for p in &self.peers {
