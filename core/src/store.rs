@@ -1,9 +1,15 @@
 //! Storage: the one trait every node's store implements, and a RAM store.
 //!
 //! Values live in a few key spaces. A host node stores them durably (redb
-//! in node-std); firmware keeps them in a fixed RAM arena. A `put` returns
-//! only once the value is as durable as the store can make it, so a node
-//! acknowledges a write only after its store said yes.
+//! in node-std); firmware keeps them in a fixed RAM arena.
+//!
+//! # Durability: group commit
+//! A `put` or `remove` is visible to every later `get` at once, but is only
+//! promised to survive a crash after the next successful [`Storage::flush`].
+//! The node never acknowledges a replicated write before that flush: it
+//! holds the acknowledgement and the driver flushes once per batch of
+//! inputs ([`crate::node::Node::commit`]), so one fsync covers every write
+//! the batch made.
 
 /// A key space within a store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -80,12 +86,31 @@ pub trait Storage {
     /// `None` when absent.
     fn get(&self, space: Space, key: &[u8], out: &mut [u8]) -> Result<Option<usize>, StoreError>;
 
-    /// Stores `value` under `key`, replacing any old value; durable when it
-    /// returns `Ok`.
+    /// Stores `value` under `key`, replacing any old value. Visible at once;
+    /// durable after the next [`Storage::flush`].
     fn put(&mut self, space: Space, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
 
-    /// Removes `key`; whether it was there.
+    /// Removes `key`; whether it was there. Durable after the next flush.
     fn remove(&mut self, space: Space, key: &[u8]) -> Result<bool, StoreError>;
+
+    /// Makes every earlier `put` and `remove` durable. A store that is
+    /// always durable (or never, like RAM) returns `Ok` at once.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The smallest key in `space` that starts with `prefix` and is greater
+    /// than `after` (any key with the prefix when `after` is `None`), copied
+    /// into `out`; its length, or `None` when there is no such key. Keys
+    /// compare as byte strings. Iterating with this visits every key once
+    /// even while keys are added or removed between calls.
+    fn next_key(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        out: &mut [u8],
+    ) -> Result<Option<usize>, StoreError>;
 
     /// How full the store is.
     fn usage(&self) -> Usage;
@@ -179,6 +204,32 @@ impl<const BYTES: usize, const ENTRIES: usize> Storage for RamStore<BYTES, ENTRI
         }
     }
 
+    fn next_key(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        out: &mut [u8],
+    ) -> Result<Option<usize>, StoreError> {
+        // Linear: a RAM store holds few entries.
+        let mut best: Option<&[u8]> = None;
+        for &(s, off, kl, _) in &self.index {
+            let key = &self.arena[off..off + kl];
+            if s != space || !key.starts_with(prefix) || after.is_some_and(|a| key <= a) {
+                continue;
+            }
+            if best.is_none_or(|b| key < b) {
+                best = Some(key);
+            }
+        }
+        let Some(key) = best else {
+            return Ok(None);
+        };
+        let dst = out.get_mut(..key.len()).ok_or(StoreError::BufferTooSmall)?;
+        dst.copy_from_slice(key);
+        Ok(Some(key.len()))
+    }
+
     fn usage(&self) -> Usage {
         Usage {
             bytes: self.used as u64,
@@ -209,6 +260,32 @@ mod tests {
         assert_eq!(s.remove(Space::Records, b"a"), Ok(false));
         assert_eq!(s.get(Space::Chunks, b"a", &mut out), Ok(Some(3)));
         assert_eq!(s.usage().bytes, 4);
+    }
+
+    #[test]
+    fn next_key_walks_a_prefix_in_order() {
+        let mut s = RamStore::<256, 16>::new();
+        for k in [&b"d/b"[..], b"d/a", b"e/a", b"d/c", b"c"] {
+            s.put(Space::Records, k, b"v").unwrap();
+        }
+        s.put(Space::Chunks, b"d/0", b"v").unwrap();
+        let mut out = [0u8; 8];
+        let mut seen = heapless::Vec::<heapless::Vec<u8, 8>, 8>::new();
+        let mut after: Option<heapless::Vec<u8, 8>> = None;
+        while let Some(n) = s
+            .next_key(Space::Records, b"d/", after.as_deref(), &mut out)
+            .unwrap()
+        {
+            let k = heapless::Vec::from_slice(&out[..n]).unwrap();
+            seen.push(k.clone()).unwrap();
+            after = Some(k);
+        }
+        let seen: heapless::Vec<&[u8], 8> = seen.iter().map(|k| &k[..]).collect();
+        assert_eq!(&seen[..], &[&b"d/a"[..], b"d/b", b"d/c"]);
+        assert_eq!(
+            s.next_key(Space::Records, b"d", None, &mut [0u8; 2]),
+            Err(StoreError::BufferTooSmall)
+        );
     }
 
     #[test]
