@@ -11,15 +11,19 @@
 //!   fragmentation) on top of sealed datagrams.
 //! - [`router`]: weighted rendezvous hashing from a key to an ordered replica set.
 //! - [`member`]: SWIM membership — who is in the cluster, and alive.
+//! - [`repl`]: the replicated record layer — versions, quorums, merge.
+//! - [`fs`]: the file system's data model — chunks, chunk trees, paths.
 //! - [`node`]: the [`Node`](node::Node) that composes them behind one sans-IO API.
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod fs;
 pub mod id;
 pub mod link;
 pub mod member;
 pub mod node;
+pub mod repl;
 pub mod rng;
 pub mod router;
 pub mod store;
