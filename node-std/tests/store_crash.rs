@@ -1,6 +1,7 @@
-//! An acknowledged write survives `kill -9`: a child process (this test
-//! binary, run again) writes and reports each acknowledged key, is killed
-//! mid-stream, and every key it reported is there when the store reopens.
+//! A flushed write survives `kill -9`: a child process (this test binary,
+//! run again) writes in batches, flushes each batch and only then reports
+//! its keys as acknowledged, as the node does; it is killed mid-stream, and
+//! every key it reported is there when the store reopens.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -14,20 +15,29 @@ const WRITER_DIR: &str = "SHOAL_TEST_WRITER_DIR";
 const TEST_NAME: &str = "acknowledged_writes_survive_kill_9";
 /// How many acknowledged writes the parent waits for before the kill.
 const BEFORE_KILL: u64 = 40;
+/// Writes per flush.
+const BATCH: u64 = 7;
 
 fn value(i: u64) -> Vec<u8> {
     (0..1000u64).map(|j| (i * 31 + j) as u8).collect()
 }
 
-/// The child: writes until killed, printing each write once `put` returned.
+/// The child: writes until killed, printing each write once a `flush`
+/// after it returned.
 fn write_until_killed(dir: &str) {
     let mut store = DiskStore::open(dir.as_ref()).unwrap();
     let mut out = std::io::stdout();
-    for i in 0..100_000u64 {
-        store
-            .put(Space::Records, &i.to_le_bytes(), &value(i))
-            .unwrap();
-        writeln!(out, "acked {i}").unwrap();
+    for batch in (0..100_000u64).step_by(BATCH as usize) {
+        let writes = batch..batch + BATCH;
+        for i in writes.clone() {
+            store
+                .put(Space::Records, &i.to_le_bytes(), &value(i))
+                .unwrap();
+        }
+        store.flush().unwrap();
+        for i in writes {
+            writeln!(out, "acked {i}").unwrap();
+        }
         out.flush().unwrap();
     }
 }
