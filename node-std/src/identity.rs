@@ -43,6 +43,9 @@ pub fn boot(store: &mut impl Storage, fresh_id: NonZeroU64) -> Result<Identity, 
     let last = read_u64(store, EPOCH)?.unwrap_or(0);
     let epoch = last.checked_add(1).ok_or(StoreError::Corrupt)?;
     store.put(Space::Local, EPOCH, &epoch.to_le_bytes())?;
+    // On disk before the node exists: a crash after this start's first
+    // datagram must not bring back an epoch that already sealed one.
+    store.flush()?;
     Ok(Identity {
         id: NodeId(id),
         epoch,
@@ -98,6 +101,48 @@ mod tests {
             .put(Space::Local, NODE_ID, &0u64.to_le_bytes())
             .unwrap();
         assert_eq!(boot(&mut store, id(1)), Err(StoreError::Corrupt));
+    }
+
+    /// A store that counts the writes no flush has covered yet.
+    struct Unflushed(RamStore<256, 8>, usize);
+
+    impl Storage for Unflushed {
+        fn get(&self, s: Space, k: &[u8], out: &mut [u8]) -> Result<Option<usize>, StoreError> {
+            self.0.get(s, k, out)
+        }
+        fn put(&mut self, s: Space, k: &[u8], v: &[u8]) -> Result<(), StoreError> {
+            self.1 += 1;
+            self.0.put(s, k, v)
+        }
+        fn remove(&mut self, s: Space, k: &[u8]) -> Result<bool, StoreError> {
+            self.1 += 1;
+            self.0.remove(s, k)
+        }
+        fn flush(&mut self) -> Result<(), StoreError> {
+            self.1 = 0;
+            Ok(())
+        }
+        fn next_key(
+            &self,
+            s: Space,
+            prefix: &[u8],
+            after: Option<&[u8]>,
+            out: &mut [u8],
+        ) -> Result<Option<usize>, StoreError> {
+            self.0.next_key(s, prefix, after, out)
+        }
+        fn usage(&self) -> shoal_core::store::Usage {
+            self.0.usage()
+        }
+    }
+
+    #[test]
+    fn boot_leaves_nothing_unflushed() {
+        let mut store = Unflushed(RamStore::new(), 0);
+        boot(&mut store, id(5)).unwrap();
+        assert_eq!(store.1, 0, "first boot");
+        boot(&mut store, id(6)).unwrap();
+        assert_eq!(store.1, 0, "second boot");
     }
 
     #[test]
