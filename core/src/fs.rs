@@ -21,9 +21,9 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::Pool;
 use crate::repl::RecordKey;
 use crate::router::KeyDigest;
-use crate::Pool;
 
 /// Ids in one index chunk.
 pub const FANOUT: usize = 64;
@@ -300,7 +300,9 @@ impl TreeBuilder {
             return Err(TreeFull);
         }
         while self.levels.len() <= level {
-            self.levels.push(heapless::Vec::new()).map_err(|_| TreeFull)?;
+            self.levels
+                .push(heapless::Vec::new())
+                .map_err(|_| TreeFull)?;
         }
         if self.levels[level].is_full() {
             let parent = seal(&mut self.levels[level], emit);
@@ -332,7 +334,10 @@ impl TreeBuilder {
 }
 
 /// Turns a level into an index chunk, emits it and empties the level.
-fn seal(level: &mut heapless::Vec<ChunkId, FANOUT>, emit: &mut impl FnMut(ChunkId, &[u8])) -> ChunkId {
+fn seal(
+    level: &mut heapless::Vec<ChunkId, FANOUT>,
+    emit: &mut impl FnMut(ChunkId, &[u8]),
+) -> ChunkId {
     let mut bytes = [0u8; INDEX_CHUNK];
     for (i, id) in level.iter().enumerate() {
         bytes[i * 32..(i + 1) * 32].copy_from_slice(&id.0);
@@ -432,7 +437,7 @@ impl TreeWalk {
     pub fn feed(&mut self, bytes: &[u8]) -> Result<(), BadIndex> {
         if self.pending.is_none()
             || bytes.is_empty()
-            || bytes.len() % 32 != 0
+            || !bytes.len().is_multiple_of(32)
             || bytes.len() > INDEX_CHUNK
             || self.stack.is_full()
         {
@@ -548,9 +553,18 @@ mod tests {
         m.chunks = 2;
         m.root = None;
         assert!(!m.is_consistent());
-        let empty = FileMeta { size: 0, chunks: 0, root: None, depth: 0, ..m };
+        let empty = FileMeta {
+            size: 0,
+            chunks: 0,
+            root: None,
+            depth: 0,
+            ..m
+        };
         assert!(empty.is_consistent());
-        let tiny = FileMeta { chunk_size: 10, ..empty };
+        let tiny = FileMeta {
+            chunk_size: 10,
+            ..empty
+        };
         assert!(!tiny.is_consistent());
     }
 
@@ -562,7 +576,7 @@ mod tests {
         assert_eq!(FsPath::new("/a/"), Err(PathError::BadComponent));
         assert_eq!(FsPath::new("/a/../b"), Err(PathError::BadComponent));
         assert_eq!(FsPath::new("/a\nb"), Err(PathError::BadComponent));
-        let long = "/".repeat(1) + &"x".repeat(MAX_PATH);
+        let long = "/".to_string() + &"x".repeat(MAX_PATH);
         assert_eq!(FsPath::new(&long), Err(PathError::TooLong));
         let p = FsPath::new("/docs/a b.txt").unwrap();
         let (dir, name) = p.split().unwrap();

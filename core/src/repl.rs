@@ -36,9 +36,7 @@ pub const MAX_REPLICAS: usize = 5;
 ///
 /// Ordered by `time`, then `node`: two writes never compare equal unless
 /// they are the same write.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Hlc {
     /// `millis << 16 | logical`.
@@ -279,7 +277,9 @@ impl Quorum {
     /// Whether the values make sense: `1 ≤ W, R ≤ N ≤` [`MAX_REPLICAS`].
     pub fn is_valid(&self) -> bool {
         let n = usize::from(self.n);
-        (1..=MAX_REPLICAS).contains(&n) && (1..=self.n).contains(&self.w) && (1..=self.n).contains(&self.r)
+        (1..=MAX_REPLICAS).contains(&n)
+            && (1..=self.n).contains(&self.w)
+            && (1..=self.n).contains(&self.r)
     }
 }
 

@@ -38,7 +38,10 @@ pub const EVENTS: usize = 4;
 pub const STORE_ENTRIES: usize = 64;
 
 /// The node an MCU runs.
-pub type McuNode = Node<MEMBERS, PEERS, SLOTS, MAX_MESSAGE, EVENTS>;
+pub type McuNode = Node<McuStore, MEMBERS, PEERS, SLOTS, MAX_MESSAGE, EVENTS, COORDS>;
+/// Quorum operations an MCU coordinates at once: clients talk to hosts, so
+/// one is enough.
+pub const COORDS: usize = 1;
 /// The MCU's store: a RAM arena of `SHOAL_STORE_BYTES`.
 pub type McuStore = RamStore<{ built::STORE_BYTES }, STORE_ENTRIES>;
 
@@ -111,6 +114,7 @@ pub fn node_config(identity: Identity, name: &str, addr: SocketAddr) -> NodeConf
             ..LinkConfig::default()
         },
         request_timeout: Duration::from_secs(5),
+        data: Default::default(),
     }
 }
 
@@ -126,7 +130,6 @@ pub fn record_boot(store: &mut McuStore, identity: Identity) {
 }
 
 static NODE: StaticCell<McuNode> = StaticCell::new();
-static STORE: StaticCell<McuStore> = StaticCell::new();
 static SOCKET: StaticCell<SocketBuffers> = StaticCell::new();
 
 /// What every board does once its network is up: names the node after its
@@ -157,10 +160,9 @@ pub async fn start(
         defmt::Debug2Format(&advertise),
         built::STORE_BYTES
     );
-    let store = STORE.init_with(McuStore::new);
-    record_boot(store, identity);
     let config = node_config(identity, &name, advertise);
-    let node = NODE.init_with(|| McuNode::new(now(), config, seed));
+    let node = NODE.init_with(|| McuNode::new(now(), config, seed, McuStore::new()));
+    record_boot(node.store_mut(), identity);
     let socket = SOCKET.init_with(SocketBuffers::new);
     run(stack, node, socket, settings).await
 }
@@ -219,6 +221,8 @@ async fn flush(
     buf: &mut [u8; MAX_DATAGRAM],
     loopback_via: Option<Ipv4Addr>,
 ) {
+    // The RAM store has nothing to sync; this releases held write acks.
+    node.commit(now());
     while let Some(t) = node.poll_transmit(now(), buf) {
         // The firmware speaks IPv4 only; a peer advertising IPv6 is
         // unreachable from here and the core counts its failures.

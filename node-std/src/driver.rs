@@ -4,9 +4,13 @@
 //! One loop waits on three things at once: a datagram on the UDP socket
 //! ([`Node::handle_datagram`]), the node's next timer
 //! ([`Node::poll_timeout`] → [`Node::handle_timeout`]), and a [`Command`]
-//! from the status server or the shutdown signal. After every input it
-//! drains [`Node::poll_transmit`] onto the socket, then [`Node::poll_event`]
-//! into the log. Nothing here decides anything about the protocol.
+//! from the status server or the shutdown signal. Datagrams are taken in
+//! batches (every one the socket has ready, up to [`BATCH`]), then
+//! [`Node::commit`] flushes the store once for the whole batch — group
+//! commit — and releases the acknowledgements of the writes it made. After
+//! every batch it drains [`Node::poll_transmit`] onto the socket, then
+//! [`Node::poll_event`] into the log. Nothing here decides anything about
+//! the protocol.
 //!
 //! Time is `start.elapsed()` in microseconds, with `start` taken once when
 //! the node is built. A [`HostNode`] is several hundred KB: build it on a
@@ -26,8 +30,12 @@ use tracing::{debug, info};
 
 use crate::status::{MemberView, Snapshot};
 
-/// The node as hosts run it: 256 members, 288 link peers, 512 link slots.
-pub type HostNode = Node<256, 288, 512>;
+/// The node as hosts run it on store `S`: 256 members, 288 link peers,
+/// 512 link slots.
+pub type HostNode<S> = Node<S, 256, 288, 512>;
+
+/// Most datagrams handled between two store flushes.
+pub const BATCH: usize = 64;
 
 /// How long a leaving node keeps running so its leave reaches the others.
 pub const LEAVE_GRACE: Duration = Duration::from_millis(300);
@@ -46,31 +54,28 @@ pub enum Command {
 }
 
 /// Runs one node on one UDP socket.
-pub struct Driver<S> {
-    node: Box<HostNode>,
+pub struct Driver<S: Storage> {
+    node: Box<HostNode<S>>,
     start: std::time::Instant,
     socket: UdpSocket,
-    store: S,
     commands: mpsc::Receiver<Command>,
     rx: Box<[u8; RECV_BUF]>,
     tx: Box<[u8; MAX_DATAGRAM]>,
 }
 
 impl<S: Storage> Driver<S> {
-    /// A driver for `node`, whose clock started at `start`. The store is
-    /// held for the node's use and reporting, and handed back by [`Driver::run`].
+    /// A driver for `node`, whose clock started at `start`. The node's
+    /// store is handed back by [`Driver::run`].
     pub fn new(
-        node: Box<HostNode>,
+        node: Box<HostNode<S>>,
         start: std::time::Instant,
         socket: UdpSocket,
-        store: S,
         commands: mpsc::Receiver<Command>,
     ) -> Self {
         Driver {
             node,
             start,
             socket,
-            store,
             commands,
             rx: Box::new([0; RECV_BUF]),
             tx: Box::new([0; MAX_DATAGRAM]),
@@ -104,6 +109,12 @@ impl<S: Storage> Driver<S> {
                     Ok((len, src)) => {
                         let now = self.now();
                         self.node.handle_datagram(now, src, &mut self.rx[..len]);
+                        for _ in 1..BATCH {
+                            let Ok((len, src)) = self.socket.try_recv_from(&mut self.rx[..]) else {
+                                break;
+                            };
+                            self.node.handle_datagram(now, src, &mut self.rx[..len]);
+                        }
                     }
                     // ICMP errors and the like: the node's timers recover.
                     Err(e) => debug!(error = %e, "receive failed"),
@@ -129,12 +140,14 @@ impl<S: Storage> Driver<S> {
             }
             self.flush().await;
         }
-        self.store
+        self.node.into_store()
     }
 
-    /// Sends every datagram the node has queued, then logs its events.
+    /// Commits the batch's writes, sends every datagram the node has
+    /// queued, then logs its events.
     async fn flush(&mut self) {
         let now = self.now();
+        self.node.commit(now);
         while let Some(t) = self.node.poll_transmit(now, &mut self.tx[..]) {
             if let Err(e) = self.socket.send_to(&self.tx[..t.len], t.dst).await {
                 // Lost like any datagram; probes and retransmits cover it.
@@ -186,7 +199,7 @@ impl<S: Storage> Driver<S> {
             node: MemberView::of(membership.local()),
             members,
             stats: self.node.stats(),
-            store: self.store.usage(),
+            store: self.node.store().usage(),
         }
     }
 

@@ -75,9 +75,14 @@ impl<S: Storage + Send + 'static> Host<S> {
             .enable_all()
             .build()?;
         let start = std::time::Instant::now();
-        let mut node = Box::new(HostNode::new(Instant::ZERO, self.config, self.seed));
+        let mut node = Box::new(HostNode::new(
+            Instant::ZERO,
+            self.config,
+            self.seed,
+            self.store,
+        ));
         node.join(Instant::ZERO, &self.join);
-        let (socket, http, store) = (self.socket, self.http, self.store);
+        let (socket, http) = (self.socket, self.http);
         runtime.block_on(async move {
             let socket = tokio::net::UdpSocket::from_std(socket)?;
             if let Some(listener) = http {
@@ -93,9 +98,7 @@ impl<S: Storage + Send + 'static> Host<S> {
                 shutdown.await;
                 let _ = commands.send(Command::Shutdown).await;
             });
-            Ok(Driver::new(node, start, socket, store, receiver)
-                .run()
-                .await)
+            Ok(Driver::new(node, start, socket, receiver).run().await)
         })
     }
 }
@@ -153,6 +156,7 @@ mod tests {
             member: MemberConfig::default(),
             link: Default::default(),
             request_timeout: shoal_core::Duration::from_secs(5),
+            data: Default::default(),
         };
         let host = Host {
             config,
@@ -171,7 +175,7 @@ mod tests {
     /// stack instead of the node thread's.
     #[test]
     fn two_nodes_meet_and_one_leaves() {
-        let node_bytes = std::mem::size_of::<HostNode>();
+        let node_bytes = std::mem::size_of::<HostNode<RamStore<64, 4>>>();
         eprintln!("HostNode is {} KiB", node_bytes / 1024);
         let (stop_a, stopped_a) = oneshot::channel::<()>();
         let (a, b) = std::thread::Builder::new()

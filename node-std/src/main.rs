@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, anyhow};
 use clap::Parser;
 use shoal_core::member::{MemberConfig, Profile};
-use shoal_core::node::{NodeConfig, Role};
+use shoal_core::node::{DataConfig, NodeConfig, Role};
 use shoal_core::{Duration, NodeKind};
 use shoal_node::config::Flags;
 use shoal_node::host::Host;
@@ -98,6 +98,10 @@ fn run(flags: &Flags) -> Result<()> {
         member: MemberConfig::default(),
         link: Default::default(),
         request_timeout: REQUEST_TIMEOUT,
+        data: DataConfig {
+            wall_ms_at_zero: wall_ms(),
+            ..DataConfig::default()
+        },
     };
     let host = Host {
         config,
@@ -134,6 +138,13 @@ async fn stop_signal() {
         _ = term.recv() => info!("SIGTERM received"),
         _ = int.recv() => info!("SIGINT received"),
     }
+}
+
+/// Milliseconds since the Unix epoch, for record versions.
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn random() -> Result<u64> {

@@ -8,3 +8,4 @@
 pub mod scenarios;
 pub mod seeds;
 pub mod sim;
+pub mod store;

@@ -12,13 +12,16 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use shoal_core::link::LinkConfig;
 use shoal_core::member::{MemberConfig, Profile, State};
-use shoal_core::node::{Event, Node, NodeConfig, Role};
+use shoal_core::node::{DataConfig, Event, Node, NodeConfig, Role};
 use shoal_core::rng::Rng;
 use shoal_core::wire::{ClusterKey, MAX_DATAGRAM};
 use shoal_core::{Duration, Instant, NodeId, NodeKind, Pool, PoolSet};
 
-/// The node type the simulator runs: room for 64 members.
-pub type SimNode = Node<64, 96, 128>;
+use crate::store::SimStore;
+
+/// The node type the simulator runs: room for 64 members, on a simulated
+/// disk.
+pub type SimNode = Node<SimStore, 64, 96, 128>;
 
 /// The shared cluster key of simulated nodes.
 pub const KEY: ClusterKey = ClusterKey([0x5a; 32]);
@@ -83,6 +86,10 @@ pub struct Machine {
     pub group: u8,
     /// Every event the node reported, with the time.
     pub events: Vec<(Instant, Event)>,
+    /// Its disk: kept across crashes, minus what was never flushed.
+    pub disk: SimStore,
+    /// The bytes of the last response each of the node's commands got.
+    pub data: Vec<(shoal_core::node::OpId, Vec<u8>)>,
     /// The node's `poll_timeout`, as of the last time it was driven.
     deadline: Option<Instant>,
 }
@@ -114,6 +121,8 @@ pub struct World {
     /// Called for every datagram sent, with (time, from, to, bytes), before
     /// the network decides its fate: for tracing a failing seed.
     pub tap: Option<Tap>,
+    /// Replication and chunk settings every node starts with.
+    pub data: DataConfig,
 }
 
 /// Address of machine `i`. Loopback labels only: nothing leaves the process.
@@ -150,6 +159,8 @@ impl World {
                 epoch: 0,
                 group: 0,
                 events: Vec::new(),
+                disk: SimStore::default(),
+                data: Vec::new(),
                 deadline: None,
             })
             .collect();
@@ -163,6 +174,7 @@ impl World {
             sent: 0,
             sent_to: vec![0; config.nodes],
             tap: None,
+            data: DataConfig::default(),
         }
     }
 
@@ -177,6 +189,7 @@ impl World {
             member: MemberConfig::default(),
             link: LinkConfig::default(),
             request_timeout: Duration::from_secs(5),
+            data: self.data,
         }
     }
 
@@ -200,16 +213,19 @@ impl World {
         config.role = role;
         let node_seed =
             self.config.seed.wrapping_mul(1_000_003) ^ (i as u64) ^ (self.machines[i].epoch << 32);
-        let mut node = Box::new(SimNode::new(self.now, config, node_seed));
+        let disk = self.machines[i].disk.clone();
+        let mut node = Box::new(SimNode::new(self.now, config, node_seed, disk));
         let seeds: Vec<SocketAddr> = seeds.iter().map(|&s| addr_of(s)).collect();
         node.join(self.now, &seeds);
         self.machines[i].node = Some(node);
         self.flush(i);
     }
 
-    /// Crashes machine `i`: it stops at once, losing all state.
+    /// Crashes machine `i`: it stops at once, losing all state but what
+    /// its store flushed.
     pub fn crash(&mut self, i: usize) {
         self.machines[i].node = None;
+        self.machines[i].disk.0.borrow_mut().crash();
         self.machines[i].deadline = None;
     }
 
@@ -318,6 +334,9 @@ impl World {
     fn flush(&mut self, i: usize) {
         let now = self.now;
         let mut buf = [0u8; MAX_DATAGRAM];
+        if let Some(node) = self.machines[i].node.as_mut() {
+            node.commit(now);
+        }
         loop {
             let Some(node) = self.machines[i].node.as_mut() else {
                 return;
@@ -332,6 +351,11 @@ impl World {
         let m = &mut self.machines[i];
         if let Some(node) = m.node.as_mut() {
             while let Some(e) = node.poll_event() {
+                if let Event::Response { op, .. } = &e
+                    && !node.response_data().is_empty()
+                {
+                    m.data.push((*op, node.response_data().to_vec()));
+                }
                 m.events.push((now, e));
             }
             m.deadline = node.poll_timeout();

@@ -13,7 +13,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::fs::ChunkId;
 use crate::member::Record;
+use crate::repl::{Hlc, MAX_REPLICAS};
 use crate::router::KeyDigest;
 use crate::{NodeId, Pool};
 
@@ -104,6 +106,102 @@ pub enum Request<'a> {
         /// First index wanted.
         from: u16,
     },
+
+    // ---- asked of a coordinator (a client's contact) ----
+    /// The cluster's chunk size and quorums.
+    FsInfo,
+    /// Store `data` as a chunk on its replicas; answers
+    /// [`Response::ChunkWritten`] once `W` of them hold it durably.
+    ChunkWrite {
+        /// The chunk's bytes; its id is their SHA-256.
+        data: &'a [u8],
+    },
+    /// Read a chunk, verified, from the first replica in rank that has a
+    /// good copy; repairs the replicas that had none. Answers
+    /// [`Response::Chunk`] followed by the bytes.
+    ChunkRead {
+        /// The chunk.
+        id: ChunkId,
+    },
+    /// Which ranked nodes hold a chunk. Answers [`Response::Holders`].
+    ChunkLocate {
+        /// The chunk.
+        id: ChunkId,
+    },
+    /// Write a record (a [`crate::repl::RecordKey`] store key) to its
+    /// replicas under a fresh version later than `after`; answers
+    /// [`Response::RecordWritten`] once `W` hold it durably.
+    RecordWrite {
+        /// The record's store key.
+        key: &'a [u8],
+        /// A version the new one must follow (the version the writer read).
+        after: Hlc,
+        /// A removal.
+        tombstone: bool,
+        /// The value.
+        value: &'a [u8],
+    },
+    /// Read a record from `R` replicas; the newest wins and stale replicas
+    /// are repaired. Answers [`Response::Record`] followed by the value.
+    RecordRead {
+        /// The record's store key.
+        key: &'a [u8],
+    },
+    /// A page of the records under `prefix` (a pool and placement) held by
+    /// the `replica`-th node in the placement's rank. Answers
+    /// [`Response::Entries`]; the caller merges the replicas' pages.
+    RecordList {
+        /// A [`crate::repl::RecordKey::prefix`].
+        prefix: &'a [u8],
+        /// Only keys after this one.
+        after: &'a [u8],
+        /// Which replica, in rank order.
+        replica: u8,
+    },
+
+    // ---- asked of a replica by a coordinator ----
+    /// Store a chunk here.
+    ChunkStore {
+        /// Its id.
+        id: ChunkId,
+        /// Its bytes.
+        data: &'a [u8],
+    },
+    /// Send a chunk held here (verified first).
+    ChunkLoad {
+        /// Its id.
+        id: ChunkId,
+    },
+    /// Whether a good copy of a chunk is held here.
+    ChunkHas {
+        /// Its id.
+        id: ChunkId,
+    },
+    /// Merge a record version into the copy held here.
+    RecordStore {
+        /// The record's store key.
+        key: &'a [u8],
+        /// The version.
+        version: Hlc,
+        /// A removal.
+        tombstone: bool,
+        /// The value.
+        value: &'a [u8],
+    },
+    /// Send the copy of a record held here.
+    RecordLoad {
+        /// The record's store key.
+        key: &'a [u8],
+    },
+    /// A page of the records under `prefix` held here.
+    RecordScan {
+        /// A [`crate::repl::RecordKey::prefix`].
+        prefix: &'a [u8],
+        /// Only keys after this one.
+        after: &'a [u8],
+        /// The placement's replica count, echoed in the answer.
+        replicas: u8,
+    },
 }
 
 /// A node's answer.
@@ -129,6 +227,62 @@ pub enum Response {
     },
     /// The request could not be served.
     Error(RemoteError),
+    /// The cluster's file-system settings, as the coordinator has them.
+    FsInfo {
+        /// Bytes per chunk.
+        chunk_size: u32,
+        /// Replicas, write quorum, read quorum.
+        n: u8,
+        /// Write quorum.
+        w: u8,
+        /// Read quorum.
+        r: u8,
+    },
+    /// A chunk reached its write quorum.
+    ChunkWritten {
+        /// Its id.
+        id: ChunkId,
+        /// The replicas that acknowledged it.
+        holders: heapless::Vec<NodeId, MAX_REPLICAS>,
+    },
+    /// A chunk's bytes follow this response in the envelope.
+    Chunk {
+        /// The node that served it.
+        by: NodeId,
+    },
+    /// The nodes holding a chunk, in rank order.
+    Holders {
+        /// Ranked candidates asked, each with whether it holds a good copy
+        /// (`None`: no answer).
+        nodes: heapless::Vec<(NodeId, Option<bool>), MAX_REPLICAS>,
+    },
+    /// A record write reached its quorum.
+    RecordWritten {
+        /// The version it was written under.
+        version: Hlc,
+    },
+    /// A record; its value follows this response in the envelope.
+    Record {
+        /// Its version; [`Hlc::ZERO`] when no replica had it.
+        version: Hlc,
+        /// Whether it is a removal (or absent).
+        tombstone: bool,
+    },
+    /// A page of records follows this response in the envelope: entries of
+    /// `suffix length (u16 LE) | stored length (u16 LE) | suffix | stored`,
+    /// with `stored` as [`crate::repl::Stored::encode`] writes it.
+    Entries {
+        /// The replica that listed them.
+        by: NodeId,
+        /// How many replicas the placement has.
+        replicas: u8,
+        /// Whether more entries follow the last one.
+        more: bool,
+    },
+    /// A replica's acknowledgement of a durable write.
+    Stored,
+    /// Whether a replica holds a chunk.
+    Has(bool),
 }
 
 /// Why a node could not serve a request. Append-only on the wire.
@@ -143,6 +297,24 @@ pub enum RemoteError {
     Busy,
     /// The request did not decode.
     Malformed,
+    /// No node in the pool has room: the store is full.
+    Full,
+    /// Too few replicas acknowledged: not enough live nodes to meet the
+    /// write (or read) quorum. Nothing was made visible.
+    Quorum {
+        /// Replicas that said yes.
+        got: u8,
+        /// Replicas needed.
+        need: u8,
+    },
+    /// No such chunk or record.
+    NotFound,
+    /// Stored bytes failed their integrity check.
+    Corrupt,
+    /// A replica's store failed (an I/O error).
+    Io,
+    /// A value is larger than the cluster takes.
+    TooLarge,
 }
 
 impl core::fmt::Display for RemoteError {
@@ -152,6 +324,17 @@ impl core::fmt::Display for RemoteError {
             RemoteError::Unreachable => "the key's owner could not be reached",
             RemoteError::Busy => "the node is busy; retry later",
             RemoteError::Malformed => "the request did not decode",
+            RemoteError::Full => "no node has room: the store is full",
+            RemoteError::Quorum { got, need } => {
+                return write!(
+                    f,
+                    "not enough live nodes to meet the quorum ({got} of {need} replicas answered)"
+                );
+            }
+            RemoteError::NotFound => "no such chunk or record",
+            RemoteError::Corrupt => "stored data failed its integrity check",
+            RemoteError::Io => "a replica's store failed",
+            RemoteError::TooLarge => "the value is larger than the cluster takes",
         })
     }
 }
@@ -190,9 +373,10 @@ pub fn decode_request(body: &[u8]) -> Option<(Target, Request<'_>)> {
     postcard::from_bytes(body).ok()
 }
 
-/// Decodes a response body (after the prefix).
-pub fn decode_response(body: &[u8]) -> Option<Response> {
-    postcard::from_bytes(body).ok()
+/// Decodes a response body (after the prefix), and the bytes that follow
+/// it (a chunk, a record's value, a page of entries).
+pub fn decode_response(body: &[u8]) -> Option<(Response, &[u8])> {
+    postcard::take_from_bytes(body).ok()
 }
 
 #[cfg(test)]
@@ -228,7 +412,7 @@ mod tests {
         };
         let n = encode_response(&mut buf, 7, &r).unwrap();
         assert_eq!(&buf[..n], &[1, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9, 1]);
-        assert_eq!(decode_response(&buf[PREFIX_LEN..n]), Some(r));
+        assert_eq!(decode_response(&buf[PREFIX_LEN..n]), Some((r, &[][..])));
         assert!(Prefix::parse(&[5; 10]).is_none());
         assert!(Prefix::parse(&[0; 9]).is_none());
     }

@@ -91,6 +91,8 @@ pub struct NodeStats {
     pub events_lost: u64,
     /// Requests refused for lack of room.
     pub busy: u64,
+    /// Replicas sent a copy they lacked (chunk repairs, read repairs).
+    pub repairs: u64,
     /// Reliable link counters.
     pub link: LinkStats,
     /// Membership counters.

@@ -7,8 +7,13 @@
 //! - Inputs: [`Node::handle_datagram`] for every datagram received,
 //!   [`Node::handle_timeout`] whenever [`Node::poll_timeout`] is due (early
 //!   or repeated calls are harmless).
-//! - Commands: [`Node::send_to_key`], [`Node::members_page`], [`Node::leave`];
-//!   each returns an [`OpId`] whose outcome arrives as an [`Event`].
+//! - Commands: [`Node::send_to_key`], [`Node::members_page`], [`Node::leave`],
+//!   [`Node::fs_request`]; each returns an [`OpId`] whose outcome arrives as
+//!   an [`Event`] (and, for responses that carry bytes, in
+//!   [`Node::response_data`] until the next input or command).
+//! - After a batch of inputs (every datagram that was ready), call
+//!   [`Node::commit`]: it flushes the store once and releases the
+//!   acknowledgements of the writes the batch made (group commit).
 //! - Outputs, after every input or command: drain [`Node::poll_transmit`]
 //!   until `None`, then [`Node::poll_event`], then sleep until
 //!   [`Node::poll_timeout`].
@@ -17,9 +22,11 @@
 //! allocates; every table is bounded by a const generic or a constant, and a
 //! full table answers with a typed error or a counted drop.
 
+mod coord;
 mod envelope;
 mod event;
 
+pub use coord::DataConfig;
 pub use envelope::{
     EnvelopeKind, MAX_KEY, MEMBERS_PAGE, PREFIX_LEN, Prefix, RemoteError, Request, Response,
     Target, decode_request, decode_response, encode_request, encode_response,
@@ -30,7 +37,9 @@ use core::net::SocketAddr;
 
 use crate::link::{Link, LinkConfig, LinkEvent, MAX_FRAME};
 use crate::member::{MemberConfig, MemberEvent, Membership, Message, Profile, State};
+use crate::repl::HlcClock;
 use crate::router::{self, KeyDigest};
+use crate::store::Storage;
 use crate::wire::{
     self, ClusterKey, DropReason, HEADER_LEN, Kind, ReplayTable, ReplayVerdict, Sealer,
 };
@@ -48,6 +57,10 @@ pub const EVENTS: usize = 16;
 /// Most forwarding hops a key-addressed request takes before the node it
 /// reaches serves it regardless (views can briefly disagree).
 pub const MAX_HOPS: u8 = 3;
+
+/// Coordinated operations (quorum reads and writes) a host node runs at
+/// once: the default of [`Node`]'s `C`.
+pub const COORDS: usize = 32;
 
 const OPS: usize = 64;
 const FORWARDS: usize = 64;
@@ -84,6 +97,8 @@ pub struct NodeConfig {
     pub link: LinkConfig,
     /// How long an operation waits for its response.
     pub request_timeout: Duration,
+    /// Replication, chunk size and clock for the file system and records.
+    pub data: DataConfig,
 }
 
 /// Why a command was refused. Nothing was sent.
@@ -155,8 +170,9 @@ struct Contact {
     next_hello: Instant,
 }
 
-/// One Shoal node: `M` member-table entries, `P` link peers, `S` link slots,
-/// a `B`-byte message buffer and an event queue of `E`.
+/// One Shoal node over store `St`: `M` member-table entries, `P` link
+/// peers, `S` link slots, `B`-byte message buffers, an event queue of `E`
+/// and `C` coordinated operations.
 ///
 /// `B` bounds every message the node receives, builds or forwards; make
 /// [`LinkConfig::max_message`] no larger. Host nodes keep the defaults; a
@@ -167,17 +183,38 @@ struct Contact {
 ///
 /// [`LinkStats::no_slot`]: crate::link::LinkStats::no_slot
 pub struct Node<
+    St: Storage,
     const M: usize,
     const P: usize,
     const S: usize,
     const B: usize = MAX_MESSAGE,
     const E: usize = EVENTS,
+    const C: usize = COORDS,
 > {
     scratch: [u8; B],
-    engine: Engine<M, P, S, E>,
+    aux: [u8; B],
+    inbox: [u8; B],
+    inbox_len: usize,
+    engine: Engine<St, M, P, S, E, C>,
 }
 
-struct Engine<const M: usize, const P: usize, const S: usize, const E: usize> {
+/// The node's spare buffers, lent to the engine while it works.
+struct Spare<'a> {
+    /// Room to build a second message while the first is in use.
+    aux: &'a mut [u8],
+    /// The bytes of the last response to one of this node's commands.
+    inbox: &'a mut [u8],
+    inbox_len: &'a mut usize,
+}
+
+struct Engine<
+    St: Storage,
+    const M: usize,
+    const P: usize,
+    const S: usize,
+    const E: usize,
+    const C: usize,
+> {
     id: NodeId,
     sealer: Sealer,
     replay: ReplayTable<P>,
@@ -192,14 +229,32 @@ struct Engine<const M: usize, const P: usize, const S: usize, const E: usize> {
     events: heapless::Deque<Event, E>,
     request_timeout: Duration,
     stats: NodeStats,
+    store: St,
+    data: DataConfig,
+    hlc: HlcClock,
+    coords: heapless::Vec<coord::Coord, C>,
+    subs: heapless::Vec<coord::Sub, SUBS>,
+    held: heapless::Vec<(NodeId, u64), HELD>,
+    full: heapless::Vec<(NodeId, Instant), FULL>,
 }
 
-impl<const M: usize, const P: usize, const S: usize, const B: usize, const E: usize>
-    Node<M, P, S, B, E>
+const SUBS: usize = 128;
+const HELD: usize = 64;
+const FULL: usize = 16;
+
+impl<
+    St: Storage,
+    const M: usize,
+    const P: usize,
+    const S: usize,
+    const B: usize,
+    const E: usize,
+    const C: usize,
+> Node<St, M, P, S, B, E, C>
 {
-    /// A node that knows only itself. `seed` fixes every random choice it
-    /// makes (probe order, gossip targets).
-    pub fn new(now: Instant, config: NodeConfig, seed: u64) -> Self {
+    /// A node that knows only itself, keeping its data in `store`. `seed`
+    /// fixes every random choice it makes (probe order, gossip targets).
+    pub fn new(now: Instant, config: NodeConfig, seed: u64, store: St) -> Self {
         let contact = match config.role {
             Role::Member => None,
             Role::Client { contact } => Some(Contact {
@@ -211,6 +266,9 @@ impl<const M: usize, const P: usize, const S: usize, const B: usize, const E: us
         };
         Node {
             scratch: [0; B],
+            aux: [0; B],
+            inbox: [0; B],
+            inbox_len: 0,
             engine: Engine {
                 id: config.id,
                 sealer: Sealer::new(&config.key, config.id, config.epoch),
@@ -235,8 +293,73 @@ impl<const M: usize, const P: usize, const S: usize, const B: usize, const E: us
                 events: heapless::Deque::new(),
                 request_timeout: config.request_timeout,
                 stats: NodeStats::default(),
+                store,
+                data: config.data,
+                hlc: HlcClock::new(config.id),
+                coords: heapless::Vec::new(),
+                subs: heapless::Vec::new(),
+                held: heapless::Vec::new(),
+                full: heapless::Vec::new(),
             },
         }
+    }
+
+    /// Stops the node and hands back its store (flushed).
+    pub fn into_store(mut self) -> St {
+        let _ = self.engine.store.flush();
+        self.engine.store
+    }
+
+    /// The node's store.
+    pub fn store(&self) -> &St {
+        &self.engine.store
+    }
+
+    /// The node's store, to change directly (tests, tools). Writes made
+    /// here bypass replication.
+    pub fn store_mut(&mut self) -> &mut St {
+        &mut self.engine.store
+    }
+
+    /// The bytes that came with the last [`Event::Response`] (a chunk, a
+    /// record's value, a page of entries); valid until the next input or
+    /// command.
+    pub fn response_data(&self) -> &[u8] {
+        &self.inbox[..self.inbox_len]
+    }
+
+    /// Whether writes wait for [`Node::commit`].
+    pub fn needs_commit(&self) -> bool {
+        !self.engine.held.is_empty()
+    }
+
+    /// Flushes the store and releases the acknowledgements of every write
+    /// made since the last commit. Call after each batch of inputs.
+    pub fn commit(&mut self, now: Instant) {
+        let Node {
+            scratch,
+            aux,
+            inbox,
+            inbox_len,
+            engine,
+        } = self;
+        let mut spare = Spare {
+            aux: &mut aux[..],
+            inbox: &mut inbox[..],
+            inbox_len,
+        };
+        engine.commit(now, &mut spare);
+        engine.drain_internal(now, scratch, &mut spare);
+    }
+
+    /// Sends a file-system or record request (see [`Request`]) to this
+    /// node's contact (clients) or serves it here (members).
+    pub fn fs_request(
+        &mut self,
+        now: Instant,
+        request: &Request<'_>,
+    ) -> Result<OpId, CommandError> {
+        self.request(now, Target::Here, request)
     }
 
     // ---- getters ----
@@ -316,7 +439,19 @@ impl<const M: usize, const P: usize, const S: usize, const B: usize, const E: us
         target: Target,
         request: &Request<'_>,
     ) -> Result<OpId, CommandError> {
-        let Node { scratch, engine } = self;
+        let Node {
+            scratch,
+            aux,
+            inbox,
+            inbox_len,
+            engine,
+        } = self;
+        let mut spare = Spare {
+            aux: &mut aux[..],
+            inbox: &mut inbox[..],
+            inbox_len,
+        };
+        *spare.inbox_len = 0;
         if engine.ops.is_full() {
             return Err(CommandError::Busy);
         }
@@ -339,7 +474,7 @@ impl<const M: usize, const P: usize, const S: usize, const B: usize, const E: us
         match first_hop {
             Hop::Here | Hop::NoOwner => {
                 // Served (or refused) here: feed the request to ourselves.
-                engine.serve(now, engine.id, &mut scratch[..], len);
+                engine.serve(now, engine.id, &mut scratch[..], len, &mut spare);
             }
             Hop::Forward(peer) => match engine.link_send(now, peer, &scratch[..len]) {
                 Some(m) => {
@@ -353,7 +488,7 @@ impl<const M: usize, const P: usize, const S: usize, const B: usize, const E: us
                 }
             },
         }
-        engine.drain_internal(now, scratch);
+        engine.drain_internal(now, scratch, &mut spare);
         Ok(OpId(id))
     }
 
@@ -362,24 +497,48 @@ impl<const M: usize, const P: usize, const S: usize, const B: usize, const E: us
     /// A datagram arrived from `src`. `data` is decrypted in place. Never
     /// panics; a bad datagram is dropped and counted in [`NodeStats::drops`].
     pub fn handle_datagram(&mut self, now: Instant, src: SocketAddr, data: &mut [u8]) {
-        let Node { scratch, engine } = self;
+        let Node {
+            scratch,
+            aux,
+            inbox,
+            inbox_len,
+            engine,
+        } = self;
+        let mut spare = Spare {
+            aux: &mut aux[..],
+            inbox: &mut inbox[..],
+            inbox_len,
+        };
+        *spare.inbox_len = 0;
         engine.stats.datagrams_in += 1;
         engine.stats.bytes_in += data.len() as u64;
         if let Err(reason) = engine.receive(now, src, data) {
             engine.stats.drops.count(reason);
         }
-        engine.drain_internal(now, scratch);
+        engine.drain_internal(now, scratch, &mut spare);
     }
 
     /// Runs the timers due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let Node { scratch, engine } = self;
+        let Node {
+            scratch,
+            aux,
+            inbox,
+            inbox_len,
+            engine,
+        } = self;
+        let mut spare = Spare {
+            aux: &mut aux[..],
+            inbox: &mut inbox[..],
+            inbox_len,
+        };
+        *spare.inbox_len = 0;
         if engine.role == Role::Member {
             engine.member.handle_timeout(now);
         }
         engine.link.handle_timeout(now);
-        engine.expire(now);
-        engine.drain_internal(now, scratch);
+        engine.expire(now, &mut spare);
+        engine.drain_internal(now, scratch, &mut spare);
     }
 
     // ---- outputs ----
@@ -410,6 +569,12 @@ impl<const M: usize, const P: usize, const S: usize, const B: usize, const E: us
         for f in &e.forwards {
             earliest(f.deadline);
         }
+        for c in &e.coords {
+            earliest(c.deadline);
+        }
+        for s in &e.subs {
+            earliest(s.deadline);
+        }
         if let Some(c) = e.contact
             && c.id.is_none()
         {
@@ -424,7 +589,9 @@ impl<const M: usize, const P: usize, const S: usize, const B: usize, const E: us
     }
 }
 
-impl<const M: usize, const P: usize, const S: usize, const E: usize> Engine<M, P, S, E> {
+impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize, const C: usize>
+    Engine<St, M, P, S, E, C>
+{
     fn take_request_id(&mut self) -> u64 {
         let id = self.next_request;
         self.next_request = self.next_request.wrapping_add(1).max(1);
@@ -587,13 +754,13 @@ impl<const M: usize, const P: usize, const S: usize, const E: usize> Engine<M, P
 
     /// Processes what the inputs produced inside the node: delivered link
     /// messages, link and member events.
-    fn drain_internal(&mut self, now: Instant, scratch: &mut [u8]) {
+    fn drain_internal(&mut self, now: Instant, scratch: &mut [u8], spare: &mut Spare<'_>) {
         while let Some((peer, len)) = self.link.poll_received(scratch) {
-            self.on_message(now, peer, scratch, len);
+            self.on_message(now, peer, scratch, len, spare);
         }
         while let Some(e) = self.link.poll_event() {
             if let LinkEvent::Failed { id, .. } = e {
-                self.on_link_failed(now, id.0);
+                self.on_link_failed(now, id.0, spare);
             }
         }
         while let Some(e) = self.member.poll_event() {
@@ -604,7 +771,11 @@ impl<const M: usize, const P: usize, const S: usize, const E: usize> Engine<M, P
         }
     }
 
-    fn on_link_failed(&mut self, now: Instant, msg: u64) {
+    fn on_link_failed(&mut self, now: Instant, msg: u64, spare: &mut Spare<'_>) {
+        if let Some(i) = self.subs.iter().position(|s| s.link_msg == Some(msg)) {
+            let sub = self.subs.swap_remove(i);
+            self.sub_failed(now, sub, spare);
+        }
         if let Some(i) = self.ops.iter().position(|o| o.link_msg == Some(msg)) {
             let op = self.ops.swap_remove(i);
             self.event(Event::Failed {
@@ -614,11 +785,12 @@ impl<const M: usize, const P: usize, const S: usize, const E: usize> Engine<M, P
         }
         if let Some(i) = self.forwards.iter().position(|f| f.link_msg == Some(msg)) {
             let f = self.forwards.swap_remove(i);
-            self.reply_error(now, f.origin, f.origin_id, RemoteError::Unreachable);
+            self.reply_error(now, f.origin, f.origin_id, RemoteError::Unreachable, spare);
         }
     }
 
-    fn expire(&mut self, now: Instant) {
+    fn expire(&mut self, now: Instant, spare: &mut Spare<'_>) {
+        self.expire_coords(now, spare);
         let mut i = 0;
         while i < self.ops.len() {
             if self.ops[i].deadline <= now {
@@ -635,37 +807,53 @@ impl<const M: usize, const P: usize, const S: usize, const E: usize> Engine<M, P
         while i < self.forwards.len() {
             if self.forwards[i].deadline <= now {
                 let f = self.forwards.swap_remove(i);
-                self.reply_error(now, f.origin, f.origin_id, RemoteError::Unreachable);
+                self.reply_error(now, f.origin, f.origin_id, RemoteError::Unreachable, spare);
             } else {
                 i += 1;
             }
         }
     }
 
-    fn on_message(&mut self, now: Instant, peer: NodeId, buf: &mut [u8], len: usize) {
+    fn on_message(
+        &mut self,
+        now: Instant,
+        peer: NodeId,
+        buf: &mut [u8],
+        len: usize,
+        spare: &mut Spare<'_>,
+    ) {
         let Some(prefix) = buf.get(..len).and_then(Prefix::parse) else {
             self.stats.drops.count(DropReason::BadBody);
             return;
         };
         match prefix.kind {
-            EnvelopeKind::Request => self.serve(now, peer, buf, len),
-            EnvelopeKind::Response => self.on_response(now, prefix.id, buf, len),
+            EnvelopeKind::Request => self.serve(now, peer, buf, len, spare),
+            EnvelopeKind::Response => self.on_response(now, peer, prefix.id, buf, len, spare),
         }
     }
 
     /// Serves or forwards the request envelope in `buf[..len]` from `from`.
-    fn serve(&mut self, now: Instant, from: NodeId, buf: &mut [u8], len: usize) {
+    fn serve(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        buf: &mut [u8],
+        len: usize,
+        spare: &mut Spare<'_>,
+    ) {
         let Some(prefix) = Prefix::parse(&buf[..len]) else {
             return;
         };
         let Some((target, request)) = envelope::decode_request(&buf[PREFIX_LEN..len]) else {
-            self.reply_error(now, from, prefix.id, RemoteError::Malformed);
+            self.reply_error(now, from, prefix.id, RemoteError::Malformed, spare);
             return;
         };
         match self.next_hop(&target, prefix.hops) {
             Hop::Here => {}
-            Hop::Forward(owner) => return self.forward(now, from, prefix, owner, buf, len),
-            Hop::NoOwner => return self.reply_error(now, from, prefix.id, RemoteError::NoOwner),
+            Hop::Forward(owner) => return self.forward(now, from, prefix, owner, buf, len, spare),
+            Hop::NoOwner => {
+                return self.reply_error(now, from, prefix.id, RemoteError::NoOwner, spare);
+            }
         }
         let response = match request {
             Request::Send { key, payload } => {
@@ -681,8 +869,9 @@ impl<const M: usize, const P: usize, const S: usize, const E: usize> Engine<M, P
                 }
             }
             Request::Members { from: start } => self.members_response(start),
+            other => return self.serve_data(now, from, prefix.id, other, spare),
         };
-        self.reply(now, from, prefix.id, &response);
+        self.reply(now, from, prefix.id, &response, spare);
     }
 
     fn members_response(&self, from: u16) -> Response {
@@ -699,6 +888,7 @@ impl<const M: usize, const P: usize, const S: usize, const E: usize> Engine<M, P
         Response::Members { records, total }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &mut self,
         now: Instant,
@@ -707,10 +897,11 @@ impl<const M: usize, const P: usize, const S: usize, const E: usize> Engine<M, P
         owner: NodeId,
         buf: &mut [u8],
         len: usize,
+        spare: &mut Spare<'_>,
     ) {
         if self.forwards.is_full() {
             self.stats.busy += 1;
-            self.reply_error(now, origin, prefix.id, RemoteError::Busy);
+            self.reply_error(now, origin, prefix.id, RemoteError::Busy, spare);
             return;
         }
         let id = self.take_request_id();
@@ -734,12 +925,20 @@ impl<const M: usize, const P: usize, const S: usize, const E: usize> Engine<M, P
             }
             None => {
                 self.stats.busy += 1;
-                self.reply_error(now, origin, prefix.id, RemoteError::Busy);
+                self.reply_error(now, origin, prefix.id, RemoteError::Busy, spare);
             }
         }
     }
 
-    fn on_response(&mut self, now: Instant, id: u64, buf: &mut [u8], len: usize) {
+    fn on_response(
+        &mut self,
+        now: Instant,
+        peer: NodeId,
+        id: u64,
+        buf: &mut [u8],
+        len: usize,
+        spare: &mut Spare<'_>,
+    ) {
         if let Some(i) = self.forwards.iter().position(|f| f.id == id) {
             let f = self.forwards.swap_remove(i);
             let patched = Prefix {
@@ -748,23 +947,33 @@ impl<const M: usize, const P: usize, const S: usize, const E: usize> Engine<M, P
                 hops: 0,
             };
             if patched.emit(buf).is_some() {
-                self.deliver_response(now, f.origin, buf, len);
+                self.deliver_response(now, f.origin, buf, len, spare);
             }
             return;
+        }
+        if let Some(i) = self.subs.iter().position(|s| s.id == id && s.node == peer) {
+            let sub = self.subs.swap_remove(i);
+            return self.sub_answered(now, sub, buf, len, spare);
         }
         let Some(i) = self.ops.iter().position(|o| o.id.0 == id) else {
             return;
         };
         let op = self.ops.swap_remove(i);
         let event = match envelope::decode_response(&buf[PREFIX_LEN..len]) {
-            Some(Response::Error(e)) => Event::Failed {
+            Some((Response::Error(e), _)) => Event::Failed {
                 op: op.id,
                 reason: OpFailure::Remote(e),
             },
-            Some(response) => Event::Response {
-                op: op.id,
-                response,
-            },
+            Some((response, data)) => {
+                // Fits: both buffers are `B` bytes.
+                let n = data.len().min(spare.inbox.len());
+                spare.inbox[..n].copy_from_slice(&data[..n]);
+                *spare.inbox_len = n;
+                Event::Response {
+                    op: op.id,
+                    response,
+                }
+            }
             None => Event::Failed {
                 op: op.id,
                 reason: OpFailure::Remote(RemoteError::Malformed),
@@ -775,10 +984,17 @@ impl<const M: usize, const P: usize, const S: usize, const E: usize> Engine<M, P
 
     /// Sends a response envelope already in `buf[..len]` to `to` (or takes
     /// it here when `to` is this node).
-    fn deliver_response(&mut self, now: Instant, to: NodeId, buf: &mut [u8], len: usize) {
+    fn deliver_response(
+        &mut self,
+        now: Instant,
+        to: NodeId,
+        buf: &mut [u8],
+        len: usize,
+        spare: &mut Spare<'_>,
+    ) {
         if to == self.id {
             if let Some(p) = Prefix::parse(&buf[..len]) {
-                self.on_response(now, p.id, buf, len);
+                self.on_response(now, to, p.id, buf, len, spare);
             }
             return;
         }
@@ -787,15 +1003,29 @@ impl<const M: usize, const P: usize, const S: usize, const E: usize> Engine<M, P
         }
     }
 
-    fn reply(&mut self, now: Instant, to: NodeId, id: u64, response: &Response) {
+    fn reply(
+        &mut self,
+        now: Instant,
+        to: NodeId,
+        id: u64,
+        response: &Response,
+        spare: &mut Spare<'_>,
+    ) {
         let mut buf = [0u8; 4096];
         if let Some(len) = envelope::encode_response(&mut buf, id, response) {
-            self.deliver_response(now, to, &mut buf, len);
+            self.deliver_response(now, to, &mut buf, len, spare);
         }
     }
 
-    fn reply_error(&mut self, now: Instant, to: NodeId, id: u64, e: RemoteError) {
-        self.reply(now, to, id, &Response::Error(e));
+    fn reply_error(
+        &mut self,
+        now: Instant,
+        to: NodeId,
+        id: u64,
+        e: RemoteError,
+        spare: &mut Spare<'_>,
+    ) {
+        self.reply(now, to, id, &Response::Error(e), spare);
     }
 }
 

@@ -4,12 +4,13 @@
 use core::net::{Ipv4Addr, SocketAddr};
 
 use super::*;
+use crate::store::RamStore;
 use crate::wire::MAX_DATAGRAM;
 use crate::{NodeKind, PoolSet};
 
 /// The firmware's shape: 2 fragments per message, 4 queued events.
-type Small = Node<8, 4, 4, { 2 * crate::link::FRAGMENT }, 4>;
-type Large = Node<8, 4, 16>;
+type Small = Node<RamStore<4096, 16>, 8, 4, 4, { 2 * crate::link::FRAGMENT }, 4, 2>;
+type Large = Node<RamStore<4096, 16>, 8, 4, 16>;
 
 const KEY: ClusterKey = ClusterKey([7; 32]);
 
@@ -37,6 +38,7 @@ fn config(i: u8, kind: NodeKind, weight: u32, pools: PoolSet, max_message: usize
             ..LinkConfig::default()
         },
         request_timeout: Duration::from_secs(2),
+        data: DataConfig::default(),
     }
 }
 
@@ -81,8 +83,18 @@ fn small_node_joins_serves_its_keys_and_refuses_what_it_cannot_hold() {
     let mut now = Instant::from_millis(1);
     let mcu = PoolSet::EMPTY.with(Pool::Data).with(Pool::Mcu);
     let host: PoolSet = Pool::ALL.into_iter().filter(|p| *p != Pool::Mcu).collect();
-    let mut small = Small::new(now, config(1, NodeKind::Mcu, 1, mcu, 2 * 1128), 1);
-    let mut large = Large::new(now, config(2, NodeKind::Host, 100, host, MAX_MESSAGE), 2);
+    let mut small = Small::new(
+        now,
+        config(1, NodeKind::Mcu, 1, mcu, 2 * 1128),
+        1,
+        RamStore::new(),
+    );
+    let mut large = Large::new(
+        now,
+        config(2, NodeKind::Host, 100, host, MAX_MESSAGE),
+        2,
+        RamStore::new(),
+    );
     small.join(now, &[addr(2)]);
     run(&mut now, &mut small, &mut large, 3000);
     assert_eq!(large.owner(Pool::Mcu, b"sensor/1"), Some(NodeId(1)));

@@ -27,12 +27,13 @@ use shoal_core::member::{MemberConfig, Profile, Record};
 use shoal_core::node::{
     CommandError, Event, Node, NodeConfig, OpFailure, OpId, RemoteError, Response, Role,
 };
+use shoal_core::store::RamStore;
 use shoal_core::wire::{ClusterKey, MAX_DATAGRAM};
 use shoal_core::{Duration, Instant, NodeId, NodeKind, Pool, PoolSet};
 
 /// The client's node: a few member entries (it tracks none), a few link
 /// peers (it talks to one), and link slots for many requests in flight.
-pub type ClientNode = Node<8, 8, 64>;
+pub type ClientNode = Node<RamStore<0, 0>, 8, 8, 64>;
 
 /// Most requests one client keeps in flight (the core's operation table).
 pub const MAX_IN_FLIGHT: usize = 64;
@@ -211,8 +212,14 @@ impl Client {
             member: MemberConfig::default(),
             link: LinkConfig::default(),
             request_timeout: core_duration(config.timeout),
+            data: Default::default(),
         };
-        let node = Box::new(ClientNode::new(Instant::ZERO, node_config, random_u64()?));
+        let node = Box::new(ClientNode::new(
+            Instant::ZERO,
+            node_config,
+            random_u64()?,
+            RamStore::new(),
+        ));
         let mut client = Client {
             node,
             socket,

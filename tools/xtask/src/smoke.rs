@@ -12,12 +12,13 @@ use anyhow::{Context, Result, bail};
 use shoal_core::link::LinkConfig;
 use shoal_core::member::{MemberConfig, Profile, State};
 use shoal_core::node::{Event, Node, NodeConfig, Response, Role};
+use shoal_core::store::RamStore;
 use shoal_core::wire::{ClusterKey, MAX_DATAGRAM};
 use shoal_core::{Duration, Instant, NodeId, NodeKind, Pool};
 
 use crate::{fleet, qemu};
 
-type HostNode = Node<16, 16, 32>;
+type HostNode = Node<RamStore<0, 0>, 16, 16, 32>;
 
 struct Harness {
     node: Box<HostNode>,
@@ -100,8 +101,14 @@ pub fn run(elf: &Path) -> Result<()> {
         member: MemberConfig::default(),
         link: LinkConfig::default(),
         request_timeout: Duration::from_secs(5),
+        data: Default::default(),
     };
-    let node = Box::new(HostNode::new(Instant::ZERO, config, 0x5eed));
+    let node = Box::new(HostNode::new(
+        Instant::ZERO,
+        config,
+        0x5eed,
+        RamStore::new(),
+    ));
     let mut h = Harness {
         node,
         socket,
