@@ -233,6 +233,21 @@ impl FileMeta {
     }
 }
 
+impl FileMeta {
+    /// The record value: postcard.
+    pub fn encode<'b>(&self, out: &'b mut [u8]) -> Option<&'b mut [u8]> {
+        postcard::to_slice(self, out).ok()
+    }
+
+    /// Parses a record value; `None` when it does not parse or its fields
+    /// disagree ([`FileMeta::is_consistent`]).
+    pub fn decode(bytes: &[u8]) -> Option<FileMeta> {
+        postcard::from_bytes::<FileMeta>(bytes)
+            .ok()
+            .filter(FileMeta::is_consistent)
+    }
+}
+
 /// What a directory entry names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EntryKind {
@@ -251,6 +266,18 @@ pub struct DirEntry {
     pub size: u64,
     /// The file's modification time (0 for a directory).
     pub mtime_ms: u64,
+}
+
+impl DirEntry {
+    /// The record value: postcard.
+    pub fn encode<'b>(&self, out: &'b mut [u8]) -> Option<&'b mut [u8]> {
+        postcard::to_slice(self, out).ok()
+    }
+
+    /// Parses a record value.
+    pub fn decode(bytes: &[u8]) -> Option<DirEntry> {
+        postcard::from_bytes(bytes).ok()
+    }
 }
 
 /// Builds a file's chunk tree from its data chunk ids, in file order.

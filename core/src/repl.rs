@@ -198,6 +198,39 @@ impl<'a> Stored<'a> {
     }
 }
 
+/// Walks a page of entries as a replica's `Entries` answer carries them:
+/// `suffix length (u16 LE) | stored length (u16 LE) | suffix | stored`.
+/// Yields `None` (and stops) at the first malformed entry.
+pub fn page_entries(page: &[u8]) -> impl Iterator<Item = Option<(&[u8], Stored<'_>)>> {
+    let mut rest = page;
+    core::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let parsed = (|| {
+            let (sl, r) = rest.split_first_chunk::<2>()?;
+            let (vl, r) = r.split_first_chunk::<2>()?;
+            let (sl, vl) = (
+                usize::from(u16::from_le_bytes(*sl)),
+                usize::from(u16::from_le_bytes(*vl)),
+            );
+            let suffix = r.get(..sl)?;
+            let stored = Stored::decode(r.get(sl..sl + vl)?)?;
+            Some(((suffix, stored), &r[sl + vl..]))
+        })();
+        match parsed {
+            Some((entry, r)) => {
+                rest = r;
+                Some(Some(entry))
+            }
+            None => {
+                rest = &[];
+                Some(None)
+            }
+        }
+    })
+}
+
 /// What [`apply`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Applied {
@@ -434,6 +467,32 @@ mod tests {
         buf[16] = 2;
         assert_eq!(Stored::decode(&buf[..n]), None);
         assert_eq!(Stored::decode(&buf[..10]), None);
+    }
+
+    #[test]
+    fn pages_parse_and_stop_at_garbage() {
+        let mut page = [0u8; 128];
+        let s = Stored {
+            version: v(3, 1),
+            tombstone: false,
+            value: b"x",
+        };
+        let mut at = 0;
+        for name in [&b"a"[..], b"bc"] {
+            let mut st = [0u8; 32];
+            let n = s.encode(&mut st).unwrap();
+            page[at..at + 2].copy_from_slice(&(name.len() as u16).to_le_bytes());
+            page[at + 2..at + 4].copy_from_slice(&(n as u16).to_le_bytes());
+            page[at + 4..at + 4 + name.len()].copy_from_slice(name);
+            page[at + 4 + name.len()..at + 4 + name.len() + n].copy_from_slice(&st[..n]);
+            at += 4 + name.len() + n;
+        }
+        let got: heapless::Vec<_, 4> = page_entries(&page[..at]).collect();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[1], Some((&b"bc"[..], s)));
+        let bad: heapless::Vec<_, 4> = page_entries(&page[..at - 1]).collect();
+        assert_eq!(bad.len(), 2);
+        assert_eq!(bad[1], None);
     }
 
     #[test]

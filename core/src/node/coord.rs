@@ -214,9 +214,19 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
             Request::RecordWrite {
                 key,
                 after,
+                exact,
                 tombstone,
                 value,
-            } => self.record_write(now, from, req, key, after, tombstone, value, spare),
+            } => {
+                let version = if exact && after != Hlc::ZERO {
+                    self.hlc.observe(after);
+                    after
+                } else {
+                    self.hlc.observe(after);
+                    self.hlc.now(self.wall_ms(now))
+                };
+                self.record_write(now, from, req, key, version, tombstone, value, spare)
+            }
             Request::RecordRead { key } => self.record_read(now, from, req, key, spare),
             Request::RecordList {
                 prefix,
@@ -546,7 +556,7 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
         from: NodeId,
         req: u64,
         key: &[u8],
-        after: Hlc,
+        version: Hlc,
         tombstone: bool,
         value: &[u8],
         spare: &mut Spare<'_>,
@@ -562,8 +572,6 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
             return self.reply_error(now, from, req, RemoteError::NoOwner, spare);
         }
         let targets = &ranked[..usize::from(q.n).min(ranked.len())];
-        self.hlc.observe(after);
-        let version = self.hlc.now(self.wall_ms(now));
         let kind = Kind::RecordWrite { version, need: q.w };
         let Some(c) = self.open(now, from, req, Tally::new(targets), kind, spare) else {
             return;

@@ -129,13 +129,19 @@ pub enum Request<'a> {
         id: ChunkId,
     },
     /// Write a record (a [`crate::repl::RecordKey`] store key) to its
-    /// replicas under a fresh version later than `after`; answers
-    /// [`Response::RecordWritten`] once `W` hold it durably.
+    /// replicas under a fresh version later than `after` — or under `after`
+    /// itself when `exact`, so two records written by one operation (a
+    /// file and its directory entry) order the same against every other
+    /// operation. Answers [`Response::RecordWritten`] once `W` replicas
+    /// hold it durably.
     RecordWrite {
         /// The record's store key.
         key: &'a [u8],
-        /// A version the new one must follow (the version the writer read).
+        /// A version the new one must follow (the version the writer read),
+        /// or the version to write under.
         after: Hlc,
+        /// Write under `after` itself.
+        exact: bool,
         /// A removal.
         tombstone: bool,
         /// The value.
