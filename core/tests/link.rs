@@ -336,6 +336,53 @@ fn a_restarted_receiver_gets_later_messages_exactly_once() {
     );
 }
 
+/// A sender that forgets its peer (as a node does when membership declares
+/// the peer dead) and later talks to it again opens a stream its receiver,
+/// which forgot nothing, takes as new rather than as a stale old one.
+#[test]
+fn a_sender_that_forgot_its_peer_reaches_it_again() {
+    let config = LinkConfig::default();
+    let mut ends = [End::<64>::new(1, 1, config), End::<64>::new(2, 1, config)];
+    let mut net = Net::new(5, 0, 0, Duration::from_millis(2));
+    let mut now = Instant::ZERO;
+    let mut sent = 0u32;
+    let deliver = |ends: &mut [End<64>; 2], net: &mut Net, now: &mut Instant, sent: &mut u32| {
+        ends[0]
+            .link
+            .send(*now, NodeId(2), 1, &message(5, *sent, 100))
+            .unwrap();
+        *sent += 1;
+        flush(ends, net, *now, 8);
+        let want = *sent as usize;
+        while ends[1].received.len() < want {
+            assert!(step(ends, net, now, 8), "stalled at message {want}");
+        }
+    };
+    // Some streams come and go: the receiver goes silent, the sender's
+    // messages time out and it opens a new stream each time.
+    for _ in 0..3 {
+        deliver(&mut ends, &mut net, &mut now, &mut sent);
+        ends[1].silent = true;
+        ends[0].link.send(now, NodeId(2), 1, b"lost").unwrap();
+        flush(&mut ends, &mut net, now, 8);
+        while !ends[0]
+            .events
+            .iter()
+            .any(|(t, e)| *t >= now && matches!(e, LinkEvent::Failed { .. }))
+        {
+            assert!(step(&mut ends, &mut net, &mut now, 8));
+        }
+        ends[1].silent = false;
+    }
+    deliver(&mut ends, &mut net, &mut now, &mut sent);
+    // The sender forgets the peer; the receiver still holds its stream.
+    ends[0].link.forget(NodeId(2));
+    deliver(&mut ends, &mut net, &mut now, &mut sent);
+    deliver(&mut ends, &mut net, &mut now, &mut sent);
+    let got: Vec<u32> = ends[1].received.iter().map(|(_, m)| index_of(m)).collect();
+    assert_eq!(got, (0..sent).collect::<Vec<_>>());
+}
+
 #[test]
 fn a_stale_reset_is_ignored() {
     let config = LinkConfig::default();

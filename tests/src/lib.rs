@@ -5,6 +5,7 @@
 //! - [`seeds`]: running a scenario over many seeds in parallel and
 //!   reporting the seeds that fail, with the command that replays them.
 
+pub mod fsim;
 pub mod scenarios;
 pub mod seeds;
 pub mod sim;

@@ -267,7 +267,7 @@ struct Peer {
 }
 
 impl Peer {
-    fn new(id: NodeId, epoch: u64, now: Instant, rto: Duration) -> Peer {
+    fn new(id: NodeId, epoch: u64, now: Instant, rto: Duration, stream: u16) -> Peer {
         Peer {
             id,
             epoch,
@@ -275,7 +275,7 @@ impl Peer {
             next_seq: 0,
             tx: heapless::Deque::new(),
             rtt: RttEstimator::new(rto),
-            tx_stream: 0,
+            tx_stream: stream,
             opening: true,
             rx_stream: None,
             rx_next: 0,
@@ -311,6 +311,11 @@ pub struct Link<const P: usize, const S: usize> {
     rx_free: heapless::Vec<u16, S>,
     rx_msgs: heapless::Vec<RxMsg, S>,
     next_msg: u64,
+    /// The number of the next stream this link opens, to any peer. Streams
+    /// are numbered from one counter so that a peer whose state was
+    /// forgotten and made again never reuses a number its receiver still
+    /// holds as newer (the receiver ignores streams older than its own).
+    next_stream: u16,
     /// The peer whose new fragments go first next time (round robin).
     turn: usize,
     events: heapless::Deque<LinkEvent, EVENTS>,
@@ -337,6 +342,7 @@ impl<const P: usize, const S: usize> Link<P, S> {
             rx_free,
             rx_msgs: heapless::Vec::new(),
             next_msg: 1,
+            next_stream: 0,
             turn: 0,
             events: heapless::Deque::new(),
             stats: LinkStats::default(),
@@ -605,7 +611,8 @@ impl<const P: usize, const S: usize> Link<P, S> {
             }
             return Some(i);
         }
-        let fresh = Peer::new(peer, epoch, now, self.config.rto_initial);
+        let stream = self.take_stream();
+        let fresh = Peer::new(peer, epoch, now, self.config.rto_initial, stream);
         if self.peers.is_full() {
             // Forget the least recently active peer with nothing in flight.
             // Best is one quiet for longer than any retransmission could
@@ -661,10 +668,17 @@ impl<const P: usize, const S: usize> Link<P, S> {
                 seq += 1;
             }
         }
+        let stream = self.take_stream();
         let pe = &mut self.peers[p];
         pe.next_seq = seq;
-        pe.tx_stream = pe.tx_stream.wrapping_add(1);
+        pe.tx_stream = stream;
         pe.opening = true;
+    }
+
+    fn take_stream(&mut self) -> u16 {
+        let s = self.next_stream;
+        self.next_stream = s.wrapping_add(1);
+        s
     }
 
     /// Frees every slot of message `id` of peer `p`.

@@ -128,7 +128,7 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
     }
 
     /// Live members of `pool`, ranked for `digest`, and the quorum for them.
-    fn placement<const N: usize>(
+    pub(super) fn placement<const N: usize>(
         &self,
         pool: Pool,
         digest: &KeyDigest,
@@ -448,11 +448,13 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
             return None;
         }
         let id = self.take_request_id();
+        // Answer the client before its own timeout fires.
+        let patience = self.request_timeout.as_micros() / 10 * 9;
         let _ = self.coords.push(Coord {
             id,
             origin,
             origin_id,
-            deadline: now + self.request_timeout,
+            deadline: now + Duration::from_micros(patience),
             replied: false,
             tally,
             kind,
@@ -464,8 +466,9 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
         self.coords.iter_mut().find(|c| c.id == id)
     }
 
-    /// Sends `request` to replica `node` for coordinated operation `coord`.
-    /// A request for this node itself is served at once.
+    /// Sends `request` to replica `node` for coordinated operation `coord`
+    /// (a request for this node itself is served at once); false when it
+    /// could not be sent, which the tally then counts as a failure.
     fn ask(
         &mut self,
         now: Instant,
@@ -473,18 +476,33 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
         node: NodeId,
         request: &Request<'_>,
         spare: &mut Spare<'_>,
-    ) {
+    ) -> bool {
         let id = self.take_request_id();
+        // A read that finds a replica slow moves on to the next one; a
+        // write waits longer, but answers its client before the client's
+        // own timeout.
+        let patience = match request {
+            Request::ChunkLoad { .. } => self.request_timeout.as_micros() / 5,
+            _ => self.request_timeout.as_micros() / 2,
+        };
         let mut sub = Sub {
             id,
             coord,
             node,
-            deadline: now + self.request_timeout,
+            deadline: now + Duration::from_micros(patience),
             link_msg: None,
         };
+        if self.subs.is_full() {
+            self.stats.busy += 1;
+            if let Some(c) = self.coord(coord) {
+                c.tally.answer(node, Answer::Failed);
+            }
+            return false;
+        }
         if node == self.id {
             let _ = self.subs.push(sub);
-            return self.serve_data(now, node, id, *request, spare);
+            self.serve_data(now, node, id, *request, spare);
+            return true;
         }
         let sent = match envelope::encode_request(spare.aux, id, &Target::Here, request) {
             Some(len) => {
@@ -496,15 +514,17 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
             None => None,
         };
         match sent {
-            Some(m) if !self.subs.is_full() => {
+            Some(m) => {
                 sub.link_msg = Some(m);
                 let _ = self.subs.push(sub);
+                true
             }
-            _ => {
+            None => {
                 self.stats.busy += 1;
                 if let Some(c) = self.coord(coord) {
                     c.tally.answer(node, Answer::Failed);
                 }
+                false
             }
         }
     }
@@ -711,7 +731,11 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
             *next += 1;
             let _ = c.tally.asked.push((node, Answer::Waiting));
             if node != me {
-                return self.ask(now, coord, node, &Request::ChunkLoad { id }, spare);
+                if self.ask(now, coord, node, &Request::ChunkLoad { id }, spare) {
+                    return;
+                }
+                self.chunk_missing(coord, node, false);
+                continue;
             }
             // Served here: build the client's answer straight from the store.
             let aux = core::mem::take(&mut spare.aux);

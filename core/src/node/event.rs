@@ -93,6 +93,10 @@ pub struct NodeStats {
     pub busy: u64,
     /// Replicas sent a copy they lacked (chunk repairs, read repairs).
     pub repairs: u64,
+    /// Keys the anti-entropy sweep visited.
+    pub swept: u64,
+    /// Chunks deleted here after their current replicas confirmed a copy.
+    pub handed_off: u64,
     /// Reliable link counters.
     pub link: LinkStats,
     /// Membership counters.

@@ -25,6 +25,7 @@
 mod coord;
 mod envelope;
 mod event;
+mod sweep;
 
 pub use coord::DataConfig;
 pub use envelope::{
@@ -236,6 +237,9 @@ struct Engine<
     subs: heapless::Vec<coord::Sub, SUBS>,
     held: heapless::Vec<(NodeId, u64), HELD>,
     full: heapless::Vec<(NodeId, Instant), FULL>,
+    sweep: sweep::Sweep,
+    probes: heapless::Vec<sweep::Probe, { sweep::PROBE_SLOTS }>,
+    handoffs: heapless::Vec<sweep::Handoff, { sweep::HANDOFF_SLOTS }>,
 }
 
 const SUBS: usize = 128;
@@ -300,6 +304,9 @@ impl<
                 subs: heapless::Vec::new(),
                 held: heapless::Vec::new(),
                 full: heapless::Vec::new(),
+                sweep: sweep::Sweep::new(now),
+                probes: heapless::Vec::new(),
+                handoffs: heapless::Vec::new(),
             },
         }
     }
@@ -385,6 +392,11 @@ impl<
     /// The primary owner of `key` in `pool` in this node's current view.
     pub fn owner(&self, pool: Pool, key: &[u8]) -> Option<NodeId> {
         router::primary(self.engine.member.candidates(), pool, &KeyDigest::of(key))
+    }
+
+    /// Link fragments queued or in flight to `peer` (for status pages).
+    pub fn queued_to(&self, peer: NodeId) -> usize {
+        self.engine.link.outstanding(peer)
     }
 
     /// For a client: the contact node's id, once it answered.
@@ -538,6 +550,8 @@ impl<
         }
         engine.link.handle_timeout(now);
         engine.expire(now, &mut spare);
+        engine.expire_probes(now);
+        engine.sweep_tick(now, &mut spare);
         engine.drain_internal(now, scratch, &mut spare);
     }
 
@@ -562,6 +576,12 @@ impl<
             && let Some(m) = e.member.poll_timeout()
         {
             earliest(m);
+        }
+        if e.role == Role::Member {
+            earliest(e.sweep.next_at);
+        }
+        for p in &e.probes {
+            earliest(p.deadline);
         }
         for o in &e.ops {
             earliest(o.deadline);
@@ -767,6 +787,9 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
             if let MemberEvent::Dead(id) | MemberEvent::Left(id) = e {
                 self.link.forget(id);
             }
+            if !matches!(e, MemberEvent::Suspect(_)) {
+                self.sweep_soon(now);
+            }
             self.event(Event::Member(e));
         }
     }
@@ -950,6 +973,14 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
                 self.deliver_response(now, f.origin, buf, len, spare);
             }
             return;
+        }
+        if let Some(i) = self
+            .probes
+            .iter()
+            .position(|p| p.id == id && p.node == peer)
+        {
+            let probe = self.probes.swap_remove(i);
+            return self.probe_answered(now, probe, &buf[..len], spare);
         }
         if let Some(i) = self.subs.iter().position(|s| s.id == id && s.node == peer) {
             let sub = self.subs.swap_remove(i);
