@@ -533,6 +533,10 @@ pub fn faults(seed: u64, plan: FaultPlan) -> Result<FaultReport, String> {
     let total = plan.nodes + plan.clients;
     let mut w = World::new(SimConfig::lossy(seed, total));
     w.data.chunk_size = 1024;
+    // Short GC rounds, so reclaiming runs (and must not hurt) after the
+    // faults heal.
+    w.data.gc_round = Duration::from_secs(3);
+    w.data.gc_keep = 2;
     let mut rng = Rng::new(seed ^ 0xf11e);
     w.start(0, &[]);
     for i in 1..plan.nodes {
@@ -708,7 +712,9 @@ pub fn faults(seed: u64, plan: FaultPlan) -> Result<FaultReport, String> {
     for i in down.drain(..) {
         w.start(i, &[(i + 1) % plan.nodes]);
     }
-    let stop = w.now + Duration::from_secs(20);
+    // Long enough for several calm GC rounds: anything unreferenced may go,
+    // and nothing referenced may.
+    let stop = w.now + Duration::from_secs(40);
     while w.now < stop {
         w.run_for(Duration::from_millis(5));
         for (c, client) in clients.iter_mut().enumerate() {
@@ -885,6 +891,156 @@ fn describe_history(history: &[Done], path: &str) -> String {
         })
         .collect();
     ops.join("; ")
+}
+
+/// Every chunk id a file of `data` consists of: data chunks and index
+/// chunks.
+pub fn file_chunks(data: &[u8], chunk_size: u32) -> Vec<ChunkId> {
+    let mut ids = Vec::new();
+    let mut tree = TreeBuilder::new();
+    let mut emit = |id: ChunkId, _: &[u8]| ids.push(id);
+    for c in data.chunks(chunk_size as usize) {
+        emit(ChunkId::of(c), c);
+        tree.push(ChunkId::of(c), &mut emit).expect("small files");
+    }
+    tree.finish(&mut emit);
+    ids
+}
+
+/// Runs `task` on `client` to its end.
+fn run_task(w: &mut World, client: &mut Client, task: Task) -> Outcome {
+    if let Some(o) = client.begin(w, task) {
+        return o;
+    }
+    let limit = w.now + Duration::from_secs(60);
+    loop {
+        w.run_for(Duration::from_millis(5));
+        if let Some(o) = client.poll(w) {
+            return o;
+        }
+        if w.now > limit {
+            return Outcome::Failed("no answer in 60 s".into());
+        }
+    }
+}
+
+/// Garbage collection in a calm cluster: after files are overwritten and
+/// removed, every chunk no file references is reclaimed within the
+/// documented bound, every referenced chunk keeps its replicas (chunks
+/// shared with a removed file included), and every file reads back.
+pub fn reclaim(seed: u64) -> Result<usize, String> {
+    let nodes = 5;
+    let mut config = SimConfig::clean(seed, nodes + 1);
+    config.max_delay = Duration::from_millis(5);
+    let mut w = World::new(config);
+    w.data.chunk_size = 1024;
+    w.data.gc_round = Duration::from_secs(5);
+    w.data.gc_keep = 2;
+    let round = w.data.gc_round;
+    let mut rng = Rng::new(seed ^ 0x6c);
+    w.start(0, &[]);
+    for i in 1..nodes {
+        w.start(i, &[0]);
+    }
+    w.start_client(nodes, 0);
+    w.run_until_pred(Duration::from_secs(30), |w| {
+        (0..nodes).all(|i| (0..nodes).all(|j| w.view(i, j).is_some_and(|s| s.is_live())))
+    })
+    .ok_or("the cluster did not form")?;
+    w.run_until_pred(Duration::from_secs(10), |w| {
+        w.machines[nodes]
+            .node
+            .as_ref()
+            .is_some_and(|n| n.contact().is_some())
+    })
+    .ok_or("the client never reached its contact")?;
+    let mut client = Client::new(nodes);
+    let random =
+        |rng: &mut Rng, len: usize| -> Vec<u8> { (0..len).map(|_| rng.next_u64() as u8).collect() };
+    // A file deep enough to have two levels of index chunks, a file that
+    // will be removed, and a file that shares most chunks with it.
+    let extra = rng.below(4096);
+    let big = random(&mut rng, 70 * 1024 + extra);
+    let gone = random(&mut rng, 8 * 1024);
+    let mut shares = gone[..6 * 1024].to_vec();
+    shares.extend(random(&mut rng, 1000));
+    let old = random(&mut rng, 5 * 1024);
+    let new = random(&mut rng, 3 * 1024 + 7);
+    let mtime = w.now.as_micros() / 1000;
+    for (path, data) in [
+        ("/g/big", &big),
+        ("/g/gone", &gone),
+        ("/g/shares", &shares),
+        ("/g/over", &old),
+    ] {
+        let o = run_task(&mut w, &mut client, Task::put(path, data, 1024, mtime));
+        if o != Outcome::Acked {
+            return Err(format!("put {path}: {o:?}"));
+        }
+    }
+    for (task, what) in [
+        (Task::put("/g/over", &new, 1024, mtime), "overwrite"),
+        (Task::remove("/g/gone"), "remove"),
+    ] {
+        let o = run_task(&mut w, &mut client, task);
+        if o != Outcome::Acked {
+            return Err(format!("{what}: {o:?}"));
+        }
+    }
+    let live: std::collections::BTreeSet<ChunkId> = [&big, &shares, &new]
+        .iter()
+        .flat_map(|d| file_chunks(d, 1024))
+        .collect();
+    let garbage: std::collections::BTreeSet<ChunkId> = [&gone, &old]
+        .iter()
+        .flat_map(|d| file_chunks(d, 1024))
+        .filter(|id| !live.contains(id))
+        .collect();
+    // The documented bound: gc_keep + 2 rounds after the change.
+    let bound = round.saturating_mul(w.data.gc_keep + 2);
+    let start = w.now;
+    let held = |w: &World| -> Vec<ChunkId> {
+        (0..nodes)
+            .flat_map(|i| {
+                w.machines[i]
+                    .disk
+                    .0
+                    .borrow()
+                    .keys(shoal_core::store::Space::Chunks)
+            })
+            .map(|k| ChunkId(k.try_into().expect("chunk keys are ids")))
+            .collect()
+    };
+    let reclaimed = w.run_until_pred(bound, |w| held(w).iter().all(|id| !garbage.contains(id)));
+    if reclaimed.is_none() {
+        let left = held(&w).iter().filter(|id| garbage.contains(id)).count();
+        return Err(format!(
+            "{left} copies of unreferenced chunks remain {:.0} s after the change",
+            (w.now - start).as_micros() as f64 / 1e6
+        ));
+    }
+    // Two more rounds: nothing referenced goes.
+    w.run_for(round.saturating_mul(2));
+    let copies = held(&w);
+    for id in &live {
+        let n = copies.iter().filter(|c| *c == id).count();
+        if n < 3 {
+            return Err(format!("referenced chunk {id:?} has {n} copies, not 3"));
+        }
+    }
+    for (path, data) in [("/g/big", &big), ("/g/shares", &shares), ("/g/over", &new)] {
+        match run_task(&mut w, &mut client, Task::get(path)) {
+            Outcome::Read(b) if b == *data => {}
+            other => return Err(format!("{path} reads back as {other:?}")),
+        }
+    }
+    if run_task(&mut w, &mut client, Task::get("/g/gone")) != Outcome::NotFound {
+        return Err("the removed file reappeared".into());
+    }
+    if garbage.is_empty() {
+        return Err("the run made no garbage to reclaim".into());
+    }
+    Ok(garbage.len())
 }
 
 /// Summary line for `cargo xtask sim`-style output.

@@ -10,3 +10,10 @@ fn acknowledged_files_survive_crashes_restarts_partitions_and_loss() {
         fsim::faults(seed, FaultPlan::default()).map(drop)
     });
 }
+
+#[test]
+fn unreferenced_chunks_are_reclaimed_and_referenced_ones_never() {
+    for_seeds("fs-reclaim", seed_count(20), |seed| {
+        fsim::reclaim(seed).map(drop)
+    });
+}

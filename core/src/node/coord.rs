@@ -44,6 +44,11 @@ pub struct DataConfig {
     pub wall_ms_at_zero: u64,
     /// How long a node that refused a chunk for want of room is skipped.
     pub full_backoff: Duration,
+    /// Length of a garbage-collection round (see `node::gc`).
+    pub gc_round: Duration,
+    /// Rounds a chunk stays after its last mark, and rounds of calm a node
+    /// needs before it reclaims anything.
+    pub gc_keep: u64,
 }
 
 /// Default chunk size: the largest that a microcontroller's 2256-byte
@@ -57,6 +62,8 @@ impl Default for DataConfig {
             chunk_size: DEFAULT_CHUNK,
             wall_ms_at_zero: 0,
             full_backoff: Duration::from_secs(30),
+            gc_round: Duration::from_secs(600),
+            gc_keep: 3,
         }
     }
 }
@@ -123,7 +130,7 @@ fn store_error(e: StoreError) -> RemoteError {
 impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize, const C: usize>
     Engine<St, M, P, S, E, C>
 {
-    fn wall_ms(&self, now: Instant) -> u64 {
+    pub(super) fn wall_ms(&self, now: Instant) -> u64 {
         self.data.wall_ms_at_zero + now.as_micros() / 1000
     }
 
@@ -238,7 +245,10 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
                     return self.reply_error(now, from, req, RemoteError::Corrupt, spare);
                 }
                 match self.store.put(Space::Chunks, &id.0, data) {
-                    Ok(()) => self.hold(now, from, req, spare),
+                    Ok(()) => {
+                        self.born(now, &id);
+                        self.hold(now, from, req, spare)
+                    }
                     Err(e) => self.reply_error(now, from, req, store_error(e), spare),
                 }
             }
@@ -300,6 +310,7 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
                 }
                 spare.aux = aux;
             }
+            Request::Mark { id, depth, round } => self.on_mark(now, id, depth, round),
             Request::Send { .. } | Request::Members { .. } => {
                 self.reply_error(now, from, req, RemoteError::Malformed, spare)
             }
@@ -537,7 +548,9 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
         data: &[u8],
         spare: &mut Spare<'_>,
     ) {
-        if data.is_empty() || data.len() > self.data.chunk_size as usize {
+        // Index chunks may be larger than data chunks.
+        let max = (self.data.chunk_size as usize).max(crate::fs::INDEX_CHUNK);
+        if data.is_empty() || data.len() > max {
             return self.reply_error(now, from, req, RemoteError::TooLarge, spare);
         }
         let id = ChunkId::of(data);
@@ -806,7 +819,9 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
     ) {
         self.stats.repairs += 1;
         if node == self.id {
-            let _ = self.store.put(Space::Chunks, &id.0, data);
+            if self.store.put(Space::Chunks, &id.0, data).is_ok() {
+                self.born(now, &id);
+            }
             return;
         }
         let req = self.take_request_id();

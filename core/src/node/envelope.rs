@@ -208,6 +208,16 @@ pub enum Request<'a> {
         /// The placement's replica count, echoed in the answer.
         replicas: u8,
     },
+    /// A file still references this chunk in GC round `round`; an index
+    /// chunk (`depth > 0`) passes the mark on to its children. No answer.
+    Mark {
+        /// The chunk.
+        id: ChunkId,
+        /// Its depth in its file's tree (0: a data chunk).
+        depth: u8,
+        /// The GC round.
+        round: u64,
+    },
 }
 
 /// A node's answer.

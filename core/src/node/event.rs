@@ -97,6 +97,8 @@ pub struct NodeStats {
     pub swept: u64,
     /// Chunks deleted here after their current replicas confirmed a copy.
     pub handed_off: u64,
+    /// Chunks deleted here because no file referenced them.
+    pub reclaimed: u64,
     /// Reliable link counters.
     pub link: LinkStats,
     /// Membership counters.

@@ -25,6 +25,7 @@
 mod coord;
 mod envelope;
 mod event;
+mod gc;
 mod sweep;
 
 pub use coord::DataConfig;
@@ -240,6 +241,9 @@ struct Engine<
     sweep: sweep::Sweep,
     probes: heapless::Vec<sweep::Probe, { sweep::PROBE_SLOTS }>,
     handoffs: heapless::Vec<sweep::Handoff, { sweep::HANDOFF_SLOTS }>,
+    last_disturbance: Instant,
+    expansion: Option<gc::Expansion>,
+    expand_at: Option<Instant>,
 }
 
 const SUBS: usize = 128;
@@ -307,6 +311,10 @@ impl<
                 sweep: sweep::Sweep::new(now),
                 probes: heapless::Vec::new(),
                 handoffs: heapless::Vec::new(),
+                last_disturbance: now,
+                expansion: None,
+                // Index chunks queued before a restart are expanded again.
+                expand_at: Some(now),
             },
         }
     }
@@ -552,6 +560,7 @@ impl<
         engine.expire(now, &mut spare);
         engine.expire_probes(now);
         engine.sweep_tick(now, &mut spare);
+        engine.expand_marks(now, &mut spare);
         engine.drain_internal(now, scratch, &mut spare);
     }
 
@@ -582,6 +591,9 @@ impl<
         }
         for p in &e.probes {
             earliest(p.deadline);
+        }
+        if let Some(t) = e.expand_at {
+            earliest(t);
         }
         for o in &e.ops {
             earliest(o.deadline);
@@ -790,6 +802,7 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
             if !matches!(e, MemberEvent::Suspect(_)) {
                 self.sweep_soon(now);
             }
+            self.disturbed(now);
             self.event(Event::Member(e));
         }
     }

@@ -124,7 +124,7 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
                         self.sweep.next_at = now + SETTLE;
                     } else {
                         self.sweep.space = None;
-                        self.sweep.next_at = now + PERIOD;
+                        self.sweep.next_at = now + self.data.gc_round.min(PERIOD);
                     }
                     return;
                 }
@@ -157,6 +157,9 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
         let Some(stored) = Stored::decode(&buf[..n]) else {
             return true;
         };
+        if !self.walk_file(now, &rk, &stored, spare) {
+            return false;
+        }
         let (ranked, q) =
             self.placement::<MAX_REPLICAS>(rk.pool, &router::KeyDigest::of(rk.placement));
         let r = Request::RecordStore {
@@ -197,6 +200,11 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
             return true;
         };
         let chunk = ChunkId(id);
+        if self.reclaimable(now, &chunk) {
+            self.reclaim(&chunk);
+            return true;
+        }
+        self.ensure_mark(now, &chunk);
         let (ranked, q) = self.placement::<MAX_REPLICAS>(Pool::Data, &chunk.digest());
         let owners = &ranked[..usize::from(q.n).min(ranked.len())];
         let others = owners.iter().filter(|n| **n != self.id).count();
