@@ -116,6 +116,40 @@ pub trait Storage {
     fn usage(&self) -> Usage;
 }
 
+/// A store the caller owns elsewhere (a firmware's `static`), lent to the
+/// node for its lifetime.
+impl<T: Storage + ?Sized> Storage for &mut T {
+    fn get(&self, space: Space, key: &[u8], out: &mut [u8]) -> Result<Option<usize>, StoreError> {
+        (**self).get(space, key, out)
+    }
+
+    fn put(&mut self, space: Space, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        (**self).put(space, key, value)
+    }
+
+    fn remove(&mut self, space: Space, key: &[u8]) -> Result<bool, StoreError> {
+        (**self).remove(space, key)
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        (**self).flush()
+    }
+
+    fn next_key(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        out: &mut [u8],
+    ) -> Result<Option<usize>, StoreError> {
+        (**self).next_key(space, prefix, after, out)
+    }
+
+    fn usage(&self) -> Usage {
+        (**self).usage()
+    }
+}
+
 /// A store in a fixed RAM arena of `BYTES` bytes and at most `ENTRIES`
 /// entries. Values are kept packed; a removal compacts the arena.
 pub struct RamStore<const BYTES: usize, const ENTRIES: usize> {

@@ -235,19 +235,19 @@ struct Engine<
     data: DataConfig,
     hlc: HlcClock,
     coords: heapless::Vec<coord::Coord, C>,
-    subs: heapless::Vec<coord::Sub, SUBS>,
-    held: heapless::Vec<(NodeId, u64), HELD>,
+    // The tables below track messages in flight, of which the link holds
+    // at most `S`: they are sized by it, so a microcontroller's stay small.
+    subs: heapless::Vec<coord::Sub, S>,
+    held: heapless::Vec<(NodeId, u64), S>,
     full: heapless::Vec<(NodeId, Instant), FULL>,
     sweep: sweep::Sweep,
-    probes: heapless::Vec<sweep::Probe, { sweep::PROBE_SLOTS }>,
-    handoffs: heapless::Vec<sweep::Handoff, { sweep::HANDOFF_SLOTS }>,
+    probes: heapless::Vec<sweep::Probe, S>,
+    handoffs: heapless::Vec<sweep::Handoff, S>,
     last_disturbance: Instant,
     expansion: Option<gc::Expansion>,
     expand_at: Option<Instant>,
 }
 
-const SUBS: usize = 128;
-const HELD: usize = 64;
 const FULL: usize = 16;
 
 impl<

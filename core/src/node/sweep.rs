@@ -36,9 +36,6 @@ pub const PERIOD: Duration = Duration::from_secs(600);
 /// background never delays foreground requests by more than that.
 const HEADROOM: usize = 8;
 
-const PROBES: usize = 64;
-const HANDOFFS: usize = 32;
-
 /// Where the node's sweep stands.
 pub(super) struct Sweep {
     /// The space being walked; `None` while idle.
@@ -308,8 +305,3 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
         }
     }
 }
-
-/// Capacity of the probe table.
-pub(super) const PROBE_SLOTS: usize = PROBES;
-/// Capacity of the handoff table.
-pub(super) const HANDOFF_SLOTS: usize = HANDOFFS;
