@@ -154,6 +154,36 @@ impl Snapshot {
             ],
         );
         metric(
+            "shoal_repairs_total",
+            "counter",
+            "Copies of chunks and records sent to replicas that lacked them (read repair and anti-entropy).",
+            &[("", s.repairs)],
+        );
+        metric(
+            "shoal_handoffs_total",
+            "counter",
+            "Chunks deleted here once the replicas the router now names confirmed a copy.",
+            &[("", s.handed_off)],
+        );
+        metric(
+            "shoal_reclaimed_chunks_total",
+            "counter",
+            "Chunks deleted here because no file referenced them any more.",
+            &[("", s.reclaimed)],
+        );
+        metric(
+            "shoal_sweep_keys_total",
+            "counter",
+            "Records and chunks the anti-entropy sweep visited.",
+            &[("", s.swept)],
+        );
+        metric(
+            "shoal_busy_total",
+            "counter",
+            "Requests or replies dropped or refused because a queue was full.",
+            &[("", s.busy)],
+        );
+        metric(
             "shoal_link_retransmits_total",
             "counter",
             "Link frames sent again after no acknowledgement.",
@@ -328,6 +358,8 @@ mod tests {
             "shoal_drops_total{reason=\"authentication\"} 4",
             "shoal_drops_total{reason=\"no_room\"} 0",
             "shoal_link_retransmits_total 0",
+            "shoal_reclaimed_chunks_total 0",
+            "shoal_sweep_keys_total 0",
             "shoal_members{state=\"alive\"} 1",
             "shoal_members{state=\"suspect\"} 1",
             "shoal_members{state=\"dead\"} 1",
