@@ -11,8 +11,11 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use serde::Deserialize;
+use shoal_core::fs::CHUNK_SIZES;
 use shoal_core::id::{MAX_TAGS, NAME_LEN, Name, TAG_LEN, Tag, Tags};
 use shoal_core::member::MAX_SEEDS;
+use shoal_core::node::{DataConfig, MAX_MESSAGE};
+use shoal_core::repl::{MAX_REPLICAS, Quorum};
 use shoal_core::{Pool, PoolSet};
 
 /// Where a node listens when neither flag nor file says.
@@ -64,11 +67,24 @@ pub struct Flags {
     /// Address to serve /status, /metrics and the status page on [default: none].
     #[arg(long, value_name = "IP:PORT")]
     pub http: Option<String>,
+    /// Bytes per file chunk this node tells clients to cut files into,
+    /// 1024 to 15360 [default: 2048, what a microcontroller carries].
+    #[arg(long, value_name = "BYTES")]
+    pub chunk_size: Option<u32>,
+    /// Copies of each chunk and record, 1 to 5 [default: 3].
+    #[arg(long, value_name = "N")]
+    pub replicas: Option<u8>,
+    /// Copies a write waits for before it succeeds, 1 to N [default: 2].
+    #[arg(long, value_name = "W")]
+    pub write_quorum: Option<u8>,
+    /// Answers a record read waits for, 1 to N [default: 2].
+    #[arg(long, value_name = "R")]
+    pub read_quorum: Option<u8>,
 }
 
 /// The config file: the same settings as the flags, by the same names.
 #[derive(Deserialize, Debug, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct FileConfig {
     name: Option<String>,
     listen: Option<String>,
@@ -80,6 +96,10 @@ struct FileConfig {
     pools: Option<Vec<String>>,
     tags: Option<Vec<String>>,
     http: Option<String>,
+    chunk_size: Option<u32>,
+    replicas: Option<u8>,
+    write_quorum: Option<u8>,
+    read_quorum: Option<u8>,
 }
 
 /// Checked settings, ready to start a node with.
@@ -105,6 +125,10 @@ pub struct Settings {
     pub tags: Tags,
     /// Status server address.
     pub http: Option<SocketAddr>,
+    /// Bytes per file chunk.
+    pub chunk_size: u32,
+    /// Replicas, write quorum and read quorum.
+    pub quorum: Quorum,
 }
 
 impl Settings {
@@ -156,6 +180,10 @@ pub enum ConfigError {
     TagTooLong(String),
     /// A name longer than [`NAME_LEN`] bytes.
     NameTooLong(String),
+    /// A chunk size outside [`CHUNK_SIZES`].
+    ChunkSize(u32),
+    /// Replicas and quorums that do not fit `1 ≤ W, R ≤ N ≤ 5`.
+    Quorum(Quorum),
 }
 
 impl std::fmt::Display for ConfigError {
@@ -211,6 +239,18 @@ impl std::fmt::Display for ConfigError {
             ConfigError::NameTooLong(name) => {
                 write!(f, "name '{name}' is longer than {NAME_LEN} bytes")
             }
+            ConfigError::ChunkSize(size) => write!(
+                f,
+                "--chunk-size {size} is out of range: choose {} to {} bytes",
+                CHUNK_SIZES.start(),
+                CHUNK_SIZES.end()
+            ),
+            ConfigError::Quorum(q) => write!(
+                f,
+                "--replicas {}, --write-quorum {}, --read-quorum {} do not fit: need \
+                 1 <= replicas <= {MAX_REPLICAS} and both quorums between 1 and the replicas",
+                q.n, q.w, q.r
+            ),
         }
     }
 }
@@ -269,6 +309,25 @@ impl Flags {
             Some(a) => Some(parse_addr("http", &a)?),
             None => None,
         };
+        let chunk_size = self
+            .chunk_size
+            .or(file.chunk_size)
+            .unwrap_or(DataConfig::default().chunk_size);
+        if !CHUNK_SIZES.contains(&chunk_size) {
+            return Err(ConfigError::ChunkSize(chunk_size));
+        }
+        let defaults = DataConfig::default().quorum;
+        let quorum = Quorum {
+            n: self.replicas.or(file.replicas).unwrap_or(defaults.n),
+            w: self
+                .write_quorum
+                .or(file.write_quorum)
+                .unwrap_or(defaults.w),
+            r: self.read_quorum.or(file.read_quorum).unwrap_or(defaults.r),
+        };
+        if !quorum.is_valid() {
+            return Err(ConfigError::Quorum(quorum));
+        }
         Ok(Settings {
             name,
             listen,
@@ -280,9 +339,15 @@ impl Flags {
             pools,
             tags,
             http,
+            chunk_size,
+            quorum,
         })
     }
 }
+
+// A chunk of the largest size, with its request's envelope, fits the
+// message buffer of a host node.
+const _: () = assert!(*CHUNK_SIZES.end() as usize + 64 <= MAX_MESSAGE);
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
@@ -435,6 +500,88 @@ mod tests {
             err(&["--data", "d", "--key", "k", "--name", &"n".repeat(25)])
                 .contains("longer than 24")
         );
+    }
+
+    #[test]
+    fn chunk_size_and_quorums() {
+        let s = flags(&["--data", "d", "--key", "k"]).settings().unwrap();
+        assert_eq!(s.chunk_size, DataConfig::default().chunk_size);
+        assert_eq!(s.quorum, DataConfig::default().quorum);
+        let s = flags(&[
+            "--data",
+            "d",
+            "--key",
+            "k",
+            "--chunk-size",
+            "15360",
+            "--replicas",
+            "5",
+            "--write-quorum",
+            "3",
+            "--read-quorum",
+            "3",
+        ])
+        .settings()
+        .unwrap();
+        assert_eq!(s.chunk_size, 15 * 1024);
+        assert_eq!(s.quorum, Quorum { n: 5, w: 3, r: 3 });
+        // One replica: the default quorums no longer fit and must be given.
+        let s = flags(&[
+            "--data",
+            "d",
+            "--key",
+            "k",
+            "--replicas",
+            "1",
+            "--write-quorum",
+            "1",
+            "--read-quorum",
+            "1",
+        ])
+        .settings()
+        .unwrap();
+        assert_eq!(s.quorum, Quorum { n: 1, w: 1, r: 1 });
+
+        let err = |args: &[&str]| {
+            let mut all = vec!["--data", "d", "--key", "k"];
+            all.extend_from_slice(args);
+            flags(&all).settings().unwrap_err().to_string()
+        };
+        assert_eq!(
+            err(&["--chunk-size", "1023"]),
+            "--chunk-size 1023 is out of range: choose 1024 to 15360 bytes"
+        );
+        assert!(err(&["--chunk-size", "16384"]).contains("out of range"));
+        for bad in [
+            &["--replicas", "0"][..],
+            &["--replicas", "6"],
+            &["--replicas", "1"],
+            &["--write-quorum", "4"],
+            &["--read-quorum", "0"],
+        ] {
+            let e = err(bad);
+            assert!(e.contains("do not fit"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn data_settings_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "data = \"d\"\nkey = \"k\"\nchunk-size = 4096\nreplicas = 2\n\
+             write-quorum = 1\nread-quorum = 2\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let s = flags(&["--config", p]).settings().unwrap();
+        assert_eq!(s.chunk_size, 4096);
+        assert_eq!(s.quorum, Quorum { n: 2, w: 1, r: 2 });
+        let s = flags(&["--config", p, "--write-quorum", "2"])
+            .settings()
+            .unwrap();
+        assert_eq!(s.quorum, Quorum { n: 2, w: 2, r: 2 });
     }
 
     #[test]

@@ -77,6 +77,10 @@ fn run(flags: &Flags) -> Result<()> {
         name = settings.name.as_str(),
         listen = %bound,
         %advertise,
+        chunk_size = settings.chunk_size,
+        replicas = settings.quorum.n,
+        write_quorum = settings.quorum.w,
+        read_quorum = settings.quorum.r,
         "node starting"
     );
     if let Some(l) = &http {
@@ -99,6 +103,8 @@ fn run(flags: &Flags) -> Result<()> {
         link: Default::default(),
         request_timeout: REQUEST_TIMEOUT,
         data: DataConfig {
+            quorum: settings.quorum,
+            chunk_size: settings.chunk_size,
             wall_ms_at_zero: wall_ms(),
             ..DataConfig::default()
         },
