@@ -25,7 +25,7 @@ use std::time::{Duration as StdDuration, Instant as StdInstant};
 use shoal_core::link::LinkConfig;
 use shoal_core::member::{MemberConfig, Profile, Record};
 use shoal_core::node::{
-    CommandError, Event, Node, NodeConfig, OpFailure, OpId, RemoteError, Response, Role,
+    CommandError, Event, Node, NodeConfig, OpFailure, OpId, RemoteError, Request, Response, Role,
 };
 use shoal_core::store::RamStore;
 use shoal_core::wire::{ClusterKey, MAX_DATAGRAM};
@@ -169,6 +169,167 @@ pub struct Outcome {
     pub result: Result<Sent, OpFailure>,
     /// From handing the request to the core to seeing its outcome.
     pub latency: StdDuration,
+}
+
+/// The answer to a [`Request`]: the response and a copy of the bytes that
+/// came with it (a chunk, a record's value, a page of entries).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// What the coordinator answered.
+    pub response: Response,
+    /// The bytes after the response; empty for most responses.
+    pub data: Vec<u8>,
+}
+
+/// A request's tag and its outcome.
+pub type Finished<T> = (T, Result<Reply, OpFailure>);
+
+/// File-system and record requests in flight through one [`Client`], each
+/// tagged with a `T` of the caller's.
+///
+/// [`Requests::send`] hands a request to the core; [`Requests::wait`]
+/// feeds the node until some finish and returns each one's tag and
+/// outcome, the response's bytes copied out of [`Node::response_data`] as
+/// soon as its event is polled (the core keeps them only until the next
+/// input or command). Keeping many in flight is the caller's loop: send
+/// until the window is full (or the core says it is busy), then wait.
+pub struct Requests<T> {
+    in_flight: HashMap<OpId, (T, StdInstant)>,
+}
+
+impl<T> Default for Requests<T> {
+    fn default() -> Self {
+        Requests {
+            in_flight: HashMap::new(),
+        }
+    }
+}
+
+impl<T> Requests<T> {
+    /// Nothing in flight.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Requests in flight.
+    pub fn len(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Whether nothing is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.in_flight.is_empty()
+    }
+
+    /// Sends `request`. `Ok(Some(op))`: it is in flight; name what it is
+    /// for with [`Requests::track`] before waiting. `Ok(None)`: the core's
+    /// tables are full (too many requests, or link slots in use); wait for
+    /// some to finish and send it again.
+    pub fn send(
+        &mut self,
+        client: &mut Client,
+        request: &Request<'_>,
+    ) -> Result<Option<OpId>, ClientError> {
+        let now = client.now();
+        match client.node.fs_request(now, request) {
+            Ok(op) => Ok(Some(op)),
+            Err(CommandError::Busy) => Ok(None),
+            Err(e) => Err(ClientError::Command(e)),
+        }
+    }
+
+    /// Tags the request [`Requests::send`] sent as `op`.
+    pub fn track(&mut self, op: OpId, tag: T) {
+        self.in_flight.insert(op, (tag, StdInstant::now()));
+    }
+
+    /// Runs the client until at least one request finished, or until
+    /// `until` passes (then the list may be empty), and returns every
+    /// request that finished.
+    ///
+    /// Every request ends by the core's request timeout; one whose outcome
+    /// the core lost (its event queue overflowed) is reported as timed
+    /// out a second after that.
+    pub fn wait(
+        &mut self,
+        client: &mut Client,
+        until: Option<StdInstant>,
+    ) -> Result<Vec<Finished<T>>, ClientError> {
+        let lost_after = client.timeout + StdDuration::from_secs(1);
+        let mut done = Vec::new();
+        loop {
+            client.flush()?;
+            self.drain(client, &mut done);
+            let now = StdInstant::now();
+            let lost: Vec<OpId> = self
+                .in_flight
+                .iter()
+                .filter(|(_, (_, at))| now.duration_since(*at) > lost_after)
+                .map(|(op, _)| *op)
+                .collect();
+            for op in lost {
+                if let Some((tag, _)) = self.in_flight.remove(&op) {
+                    done.push((tag, Err(OpFailure::TimedOut)));
+                }
+            }
+            if !done.is_empty() || until.is_some_and(|u| now >= u) {
+                return Ok(done);
+            }
+            let oldest = self.in_flight.values().map(|(_, at)| *at).min();
+            let guard = oldest.map_or(now + lost_after, |at| at + lost_after);
+            let wake = until.map_or(guard, |u| u.min(guard));
+            client.wait(wake)?;
+        }
+    }
+
+    /// Takes every event the node has queued, copying the response's bytes
+    /// before anything else touches the node.
+    fn drain(&mut self, client: &mut Client, done: &mut Vec<Finished<T>>) {
+        let mut events = Vec::new();
+        while let Some(event) = client.node.poll_event() {
+            events.push(event);
+        }
+        // The node keeps the bytes of its latest response only. One input
+        // completes at most one message, so a drain holds at most one
+        // response; should it hold more, the bytes of all but the last are
+        // gone, and those that carry bytes are asked again.
+        let last = events
+            .iter()
+            .rposition(|e| matches!(e, Event::Response { .. }));
+        for (i, event) in events.into_iter().enumerate() {
+            let (op, result) = match event {
+                Event::Response { op, response } => {
+                    let result = if Some(i) == last {
+                        Ok(Reply {
+                            response,
+                            data: client.node.response_data().to_vec(),
+                        })
+                    } else if carries_data(&response) {
+                        Err(OpFailure::Remote(RemoteError::Busy))
+                    } else {
+                        Ok(Reply {
+                            response,
+                            data: Vec::new(),
+                        })
+                    };
+                    (op, result)
+                }
+                Event::Failed { op, reason } => (op, Err(reason)),
+                _ => continue,
+            };
+            if let Some((tag, _)) = self.in_flight.remove(&op) {
+                done.push((tag, result));
+            }
+        }
+    }
+}
+
+/// Whether bytes follow `response` in its envelope.
+fn carries_data(response: &Response) -> bool {
+    matches!(
+        response,
+        Response::Chunk { .. } | Response::Record { .. } | Response::Entries { .. }
+    )
 }
 
 /// A client connected to one contact node.

@@ -15,10 +15,13 @@ mod client;
 mod cluster;
 mod commands;
 mod demo;
+mod drive;
+mod fs;
 mod http;
 mod keyfile;
 mod members;
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,8 +36,8 @@ use crate::client::{ClientConfig, ClientError};
 #[command(
     name = "shoal",
     version,
-    about = "Operate a Shoal cluster: list its members, send key-addressed messages, run a \
-             local cluster or the demo.",
+    about = "Operate a Shoal cluster: list its members, send key-addressed messages, store and \
+             fetch files, run a local cluster or the demo.",
     after_help = "Exit codes: 0 success, 1 failure, 2 usage error, 3 no answer from the node."
 )]
 struct Cli {
@@ -56,7 +59,7 @@ struct Global {
     /// How long to wait for the node to answer, and for each request.
     #[arg(long, global = true, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
     timeout: Duration,
-    /// Print JSON instead of text (status, send).
+    /// Print JSON instead of text (status, send, fs ls, fs stat).
     #[arg(long, global = true)]
     json: bool,
 }
@@ -85,6 +88,11 @@ enum Command {
         #[arg(long, default_value = "data")]
         pool: String,
     },
+    /// Store, fetch, list and remove files in the cluster's file system.
+    Fs {
+        #[command(subcommand)]
+        command: Fs,
+    },
     /// Run a local cluster of shoal-node processes in the background.
     Dev {
         #[command(subcommand)]
@@ -103,6 +111,47 @@ enum Command {
     /// Echo UDP datagrams on 127.0.0.1 (the benchmark's baseline peer).
     #[command(hide = true)]
     UdpEcho,
+}
+
+#[derive(Subcommand)]
+enum Fs {
+    /// Store LOCAL (a file, or `-` for standard input) as REMOTE, replacing
+    /// any file there.
+    Put {
+        /// The local file, or `-` for standard input.
+        #[arg(value_name = "LOCAL")]
+        local: PathBuf,
+        /// Where to store it, such as /docs/a.txt (the leading / may be left out).
+        #[arg(value_name = "REMOTE")]
+        remote: OsString,
+    },
+    /// Fetch REMOTE into LOCAL (a file, a directory, or `-` for standard output).
+    Get {
+        /// The file to fetch.
+        #[arg(value_name = "REMOTE")]
+        remote: OsString,
+        /// Where to write it; `-` for standard output.
+        #[arg(value_name = "LOCAL")]
+        local: PathBuf,
+    },
+    /// List a directory.
+    Ls {
+        /// The directory [default: /].
+        #[arg(value_name = "DIR")]
+        dir: Option<OsString>,
+    },
+    /// Show a file's size, chunks, version, and which nodes hold each chunk.
+    Stat {
+        /// The file.
+        #[arg(value_name = "REMOTE")]
+        remote: OsString,
+    },
+    /// Remove a file (its directories stay).
+    Rm {
+        /// The file.
+        #[arg(value_name = "REMOTE")]
+        remote: OsString,
+    },
 }
 
 #[derive(Subcommand)]
@@ -197,6 +246,7 @@ fn run(cli: Cli) -> Result<()> {
             })?;
             commands::send(&g.client_config()?, pool, &routing_key, &message, g.json)
         }
+        Command::Fs { command } => run_fs(&g, command),
         Command::Dev {
             command: Dev::Up { nodes, dir },
         } => commands::dev_up(usize::from(nodes), &dir),
@@ -206,6 +256,32 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo => demo::run(),
         Command::Bench { requests } => bench::run(requests),
         Command::UdpEcho => bench::udp_echo(),
+    }
+}
+
+/// `shoal fs …`: paths are checked before anything else.
+fn run_fs(g: &Global, command: Fs) -> Result<()> {
+    match command {
+        Fs::Put { local, remote } => {
+            let remote = fs::Remote::file(remote)?;
+            fs::put(&g.client_config()?, &local, &remote)
+        }
+        Fs::Get { remote, local } => {
+            let remote = fs::Remote::file(remote)?;
+            fs::get(&g.client_config()?, &remote, &local)
+        }
+        Fs::Ls { dir } => {
+            let dir = fs::Remote::dir(dir.unwrap_or_else(|| OsString::from("/")))?;
+            fs::ls(&g.client_config()?, &dir, g.json)
+        }
+        Fs::Stat { remote } => {
+            let remote = fs::Remote::file(remote)?;
+            fs::stat(&g.client_config()?, &remote, g.json)
+        }
+        Fs::Rm { remote } => {
+            let remote = fs::Remote::file(remote)?;
+            fs::rm(&g.client_config()?, &remote)
+        }
     }
 }
 
