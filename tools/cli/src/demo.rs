@@ -6,7 +6,9 @@
 //!    router computes it here over the listed members;
 //! 3. authentication: a client with another key gets no answer, and the
 //!    node counts its datagrams as authentication failures;
-//! 4. failure detection: after `kill -9` of one node the others declare it
+//! 4. files: a generated file is put, listed, located on its replicas and
+//!    read back byte-identical;
+//! 5. failure detection: after `kill -9` of one node the others declare it
 //!    dead, and only its keys move.
 //!
 //! The nodes are stopped on success, on error and on Ctrl-C.
@@ -19,9 +21,9 @@ use anyhow::{Context, Result, bail};
 use shoal_core::member::{Record, State};
 use shoal_core::{NodeId, Pool};
 
-use crate::client::{Client, ClientConfig, ClientError};
+use crate::client::{Client, ClientConfig, ClientError, random_u64};
 use crate::cluster::{self, LocalCluster};
-use crate::{http, keyfile, members};
+use crate::{fs as shoal_fs, http, keyfile, members};
 
 const NODES: usize = 3;
 /// The node killed in step 4 (index): not the one the demo's client uses.
@@ -39,6 +41,9 @@ const KEYS: [&str; 10] = [
     "task:resize-42",
 ];
 const AUTH_DROPS: &str = "shoal_drops_total{reason=\"authentication\"}";
+/// The file step's file: its path in the cluster and its size.
+const FILE_PATH: &str = "/demo/hello.bin";
+const FILE_SIZE: usize = 100 * 1024;
 
 /// What each step found, for the summary.
 #[derive(Default)]
@@ -47,6 +52,7 @@ struct Summary {
     owners_ok: usize,
     owners_bad: Vec<String>,
     auth_drops: Option<f64>,
+    file: Option<String>,
     dead_after: Vec<(String, Duration)>,
     moved: usize,
     moved_ok: bool,
@@ -144,7 +150,15 @@ fn steps(c: &mut LocalCluster, s: &mut Summary) -> Result<()> {
         "  no answer; n1 dropped its {drops} datagrams as authentication failures ({AUTH_DROPS})"
     );
 
-    // 4. Failure detection.
+    // 4. Files.
+    println!();
+    println!(
+        "4. files: put, list, stat and get a {} KiB generated file through n1",
+        FILE_SIZE / 1024
+    );
+    files(c, &mut client, s)?;
+
+    // 5. Failure detection.
     let victim = c.nodes[VICTIM].name.clone();
     let victim_id = records
         .iter()
@@ -153,7 +167,7 @@ fn steps(c: &mut LocalCluster, s: &mut Summary) -> Result<()> {
         .with_context(|| format!("n1 does not list {victim}"))?;
     println!();
     println!(
-        "4. failure detection: kill -9 {victim} (pid {})",
+        "5. failure detection: kill -9 {victim} (pid {})",
         c.nodes[VICTIM].pid
     );
     let killed = Instant::now();
@@ -186,6 +200,100 @@ fn steps(c: &mut LocalCluster, s: &mut Summary) -> Result<()> {
         bail!("keys of live nodes moved when {victim} died");
     }
     Ok(())
+}
+
+/// Puts a generated file, lists its directory, stats it and gets it back,
+/// checking each answer.
+fn files(c: &LocalCluster, client: &mut Client, s: &mut Summary) -> Result<()> {
+    let remote = shoal_fs::Remote::file(FILE_PATH.into())?;
+    let (dir, name) = FILE_PATH.rsplit_once('/').unwrap_or(("/", FILE_PATH));
+    let local = c.dir.join("hello.bin");
+    let back = c.dir.join("hello.back");
+    let data = generated(FILE_SIZE)?;
+    fs::write(&local, &data).with_context(|| format!("cannot write {}", local.display()))?;
+
+    let took = Instant::now();
+    let meta = shoal_fs::put_from(client, shoal_fs::Source::open(&local)?, &remote)
+        .context("the put failed")?;
+    println!(
+        "  put {FILE_PATH}: {} bytes in {} chunks of {} bytes ({} ms)",
+        meta.size,
+        meta.chunks,
+        meta.chunk_size,
+        took.elapsed().as_millis()
+    );
+
+    let listed = shoal_fs::list(client, &shoal_fs::Remote::dir(dir.into())?)
+        .context("the listing failed")?;
+    let row = listed
+        .iter()
+        .find(|r| r.name == name)
+        .with_context(|| format!("ls {dir} does not list {name}"))?;
+    if row.size != FILE_SIZE as u64 {
+        bail!(
+            "ls {dir} lists {name} with {} bytes, not {FILE_SIZE}",
+            row.size
+        );
+    }
+    println!("  ls {dir}: {name}, {} bytes", row.size);
+
+    let stat = shoal_fs::stat_of(client, &remote).context("the stat failed")?;
+    let mut holders: BTreeMap<usize, usize> = BTreeMap::new();
+    for chunk in &stat.data_chunks {
+        *holders.entry(chunk.holders.len()).or_default() += 1;
+    }
+    let spread: Vec<String> = holders
+        .iter()
+        .rev()
+        .map(|(n, k)| format!("{k} on {n} node{}", if *n == 1 { "" } else { "s" }))
+        .collect();
+    println!(
+        "  stat {FILE_PATH}: {} data chunks, tree depth {}; chunks held: {}",
+        stat.chunks,
+        stat.depth,
+        spread.join(", ")
+    );
+    if stat.data_chunks.len() as u64 != meta.chunks || holders.contains_key(&0) {
+        bail!(
+            "stat found {} chunks, some on no node",
+            stat.data_chunks.len()
+        );
+    }
+
+    let took = Instant::now();
+    shoal_fs::get_to(client, &remote, &back, false).context("the get failed")?;
+    let got = fs::read(&back).with_context(|| format!("cannot read {}", back.display()))?;
+    if got != data {
+        bail!(
+            "the file came back different ({} bytes, not {FILE_SIZE})",
+            got.len()
+        );
+    }
+    println!(
+        "  get {FILE_PATH}: {} bytes, byte-identical to what was put ({} ms)",
+        got.len(),
+        took.elapsed().as_millis()
+    );
+    s.file = Some(format!(
+        "{} KiB put, listed, located and read back identical",
+        FILE_SIZE / 1024
+    ));
+    Ok(())
+}
+
+/// `len` pseudo-random bytes from a random seed.
+fn generated(len: usize) -> Result<Vec<u8>> {
+    let mut x = random_u64()? | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        // xorshift64*
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    Ok(out)
 }
 
 /// Sends every demo key through `client`, prints who answered beside the
@@ -317,6 +425,9 @@ fn print_summary(s: &Summary) {
             "authentication",
             format!("wrong-key client ignored, {d} datagrams dropped"),
         );
+    }
+    if let Some(f) = &s.file {
+        line("files", f.clone());
     }
     if let Some((_, slowest)) = s.dead_after.iter().max_by_key(|(_, t)| *t) {
         line(

@@ -29,12 +29,30 @@ pub fn get(config: &ClientConfig, remote: &Remote, local: &Path) -> Result<()> {
         local.to_path_buf()
     };
     let mut client = Client::connect(config)?;
-    let (_, meta) = file_meta(&mut client, remote)?;
+    let meta = get_to(&mut client, remote, &dest, to_stdout)?;
+    if io::stderr().is_terminal() && !to_stdout {
+        eprintln!(
+            "get {remote}: {} in {:.1} s",
+            human(meta.size),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
 
+/// Fetches `remote` through `client` into `dest` (or standard output),
+/// and returns its record.
+pub fn get_to(
+    client: &mut Client,
+    remote: &Remote,
+    dest: &Path,
+    to_stdout: bool,
+) -> Result<FileMeta> {
+    let (_, meta) = file_meta(client, remote)?;
     let mut sink = if to_stdout {
         Sink::Stdout(BufWriter::with_capacity(256 << 10, io::stdout().lock()))
     } else {
-        Sink::file(&dest)?
+        Sink::file(dest)?
     };
     let bar = progress(Some(meta.size), &format!("get {remote}"));
     let mut work = GetWork {
@@ -50,7 +68,7 @@ pub fn get(config: &ClientConfig, remote: &Remote, local: &Path) -> Result<()> {
         out: sink.writer(),
         bar: bar.clone(),
     };
-    drive(&mut client, &mut work, WINDOW).with_context(|| format!("cannot get {remote}"))?;
+    drive(client, &mut work, WINDOW).with_context(|| format!("cannot get {remote}"))?;
     let (chunks, written) = (work.written_chunks, work.written);
     drop(work);
     if chunks != meta.chunks || written != meta.size {
@@ -63,14 +81,7 @@ pub fn get(config: &ClientConfig, remote: &Remote, local: &Path) -> Result<()> {
     }
     bar.finish_and_clear();
     sink.finish(meta.mtime_ms)?;
-    if io::stderr().is_terminal() && !to_stdout {
-        eprintln!(
-            "get {remote}: {} in {:.1} s",
-            human(meta.size),
-            started.elapsed().as_secs_f64()
-        );
-    }
-    Ok(())
+    Ok(meta)
 }
 
 /// Where `get` writes: stdout, or a temporary file beside the destination

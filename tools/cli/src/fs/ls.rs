@@ -19,17 +19,39 @@ use super::{Remote, entry_key, info, read_record, store_key, utc_minutes};
 
 /// One name in a listing.
 #[derive(Clone, Debug, Serialize)]
-struct Listed {
-    name: String,
-    kind: &'static str,
-    size: u64,
-    mtime_ms: u64,
+pub struct Listed {
+    /// The name.
+    pub name: String,
+    /// `file` or `dir`.
+    pub kind: &'static str,
+    /// A file's size.
+    pub size: u64,
+    /// A file's modification time.
+    pub mtime_ms: u64,
 }
 
 /// `shoal fs ls [DIR]`.
 pub fn ls(config: &ClientConfig, dir: &Remote, json: bool) -> Result<()> {
     let mut client = Client::connect(config)?;
-    let info = info(&mut client)?;
+    let rows = list(&mut client, dir)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let mut out = io::stdout().lock();
+    for r in &rows {
+        let (size, mtime, slash) = match r.kind {
+            "dir" => ("-".to_string(), "-".to_string(), "/"),
+            _ => (r.size.to_string(), utc_minutes(r.mtime_ms), ""),
+        };
+        writeln!(out, "{size:>12}  {mtime:<16}  {}{slash}", r.name)?;
+    }
+    Ok(())
+}
+
+/// The names in `dir`, sorted; a file's path lists that file.
+pub fn list(client: &mut Client, dir: &Remote) -> Result<Vec<Listed>> {
+    let info = info(client)?;
     let mut buf = [0u8; MAX_PATH + 1];
     let prefix = store_key(RecordKey {
         pool: shoal_core::Pool::Meta,
@@ -48,7 +70,7 @@ pub fn ls(config: &ClientConfig, dir: &Remote, json: bool) -> Result<()> {
         r: info.r,
         enough_at: None,
     };
-    drive(&mut client, &mut work, WINDOW).with_context(|| format!("cannot list {dir}"))?;
+    drive(client, &mut work, WINDOW).with_context(|| format!("cannot list {dir}"))?;
     let total = usize::from(work.replicas.unwrap_or(asked));
     let need = usize::from(work.r).clamp(1, total.max(1));
     let complete = work.complete();
@@ -80,7 +102,7 @@ pub fn ls(config: &ClientConfig, dir: &Remote, json: bool) -> Result<()> {
         let (parent, name) = dir
             .split()
             .ok_or_else(|| anyhow!("the root has no parent"))?;
-        let entry = read_record(&mut client, &entry_key(parent, name)?)?;
+        let entry = read_record(client, &entry_key(parent, name)?)?;
         match entry
             .live()
             .then(|| DirEntry::decode(&entry.value))
@@ -99,19 +121,7 @@ pub fn ls(config: &ClientConfig, dir: &Remote, json: bool) -> Result<()> {
             None => bail!("no such directory: {dir}"),
         }
     }
-    if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
-    }
-    let mut out = io::stdout().lock();
-    for r in &rows {
-        let (size, mtime, slash) = match r.kind {
-            "dir" => ("-".to_string(), "-".to_string(), "/"),
-            _ => (r.size.to_string(), utc_minutes(r.mtime_ms), ""),
-        };
-        writeln!(out, "{size:>12}  {mtime:<16}  {}{slash}", r.name)?;
-    }
-    Ok(())
+    Ok(rows)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

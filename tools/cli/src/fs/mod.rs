@@ -11,10 +11,10 @@ mod ls;
 mod put;
 mod stat;
 
-pub use get::get;
-pub use ls::ls;
-pub use put::put;
-pub use stat::stat;
+pub use get::{get, get_to};
+pub use ls::{list, ls};
+pub use put::{Source, put, put_from};
+pub use stat::{stat, stat_of};
 
 use std::ffi::OsString;
 use std::io::{self, IsTerminal};

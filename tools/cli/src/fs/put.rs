@@ -19,40 +19,77 @@ use super::{
 use crate::client::{Client, ClientConfig, Reply};
 use crate::drive::{Access, WINDOW, Work, drive, explain};
 
+/// What `put` reads: a local file or standard input.
+pub struct Source {
+    input: Box<dyn Read>,
+    /// What to call it in messages.
+    name: String,
+    /// Its length, when known.
+    len: Option<u64>,
+    mtime_ms: u64,
+}
+
+impl Source {
+    /// Opens `local`; `-` is standard input (its mtime is now).
+    pub fn open(local: &Path) -> Result<Source> {
+        if local.as_os_str() == "-" {
+            return Ok(Source {
+                input: Box::new(io::stdin().lock()),
+                name: "standard input".into(),
+                len: None,
+                mtime_ms: now_ms(),
+            });
+        }
+        let name = local.display().to_string();
+        let file = File::open(local).with_context(|| format!("cannot read {name}"))?;
+        let meta = file
+            .metadata()
+            .with_context(|| format!("cannot read {name}"))?;
+        if meta.is_dir() {
+            bail!("{name} is a directory; put takes a file");
+        }
+        Ok(Source {
+            input: Box::new(BufReader::with_capacity(256 << 10, file)),
+            name,
+            len: Some(meta.len()),
+            mtime_ms: meta.modified().map_or_else(|_| now_ms(), system_ms),
+        })
+    }
+}
+
 /// `shoal fs put LOCAL REMOTE`.
 pub fn put(config: &ClientConfig, local: &Path, remote: &Remote) -> Result<()> {
     let started = Instant::now();
-    let stdin = local.as_os_str() == "-";
-    let (input, len, mtime_ms): (Box<dyn Read>, Option<u64>, u64) = if stdin {
-        (Box::new(io::stdin().lock()), None, now_ms())
-    } else {
-        let file = File::open(local).with_context(|| format!("cannot read {}", local.display()))?;
-        let meta = file
-            .metadata()
-            .with_context(|| format!("cannot read {}", local.display()))?;
-        if meta.is_dir() {
-            bail!("{} is a directory; put takes a file", local.display());
-        }
-        let mtime = meta.modified().map_or_else(|_| now_ms(), system_ms);
-        (
-            Box::new(BufReader::with_capacity(256 << 10, file)),
-            Some(meta.len()),
-            mtime,
-        )
-    };
+    // The input is opened first: a missing file needs no cluster to say so.
+    let source = Source::open(local)?;
+    let mut client = Client::connect(config)?;
+    let meta = put_from(&mut client, source, remote)?;
+    if io::stderr().is_terminal() {
+        eprintln!(
+            "put {remote}: {} in {} chunk{} in {:.1} s",
+            human(meta.size),
+            meta.chunks,
+            if meta.chunks == 1 { "" } else { "s" },
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// Stores `source` as `remote` through `client`, and returns its record.
+pub fn put_from(client: &mut Client, source: Source, remote: &Remote) -> Result<FileMeta> {
     let (dir, name) = remote
         .split()
         .ok_or_else(|| anyhow!("invalid path \"/\": {}", PathError::Root))?;
     let up = ancestors(remote.path());
+    let info = info(client)?;
+    check_put_target(client, remote, dir, name, &up)?;
 
-    let mut client = Client::connect(config)?;
-    let info = info(&mut client)?;
-    check_put_target(&mut client, remote, dir, name, &up)?;
-
-    let bar = progress(len, &format!("put {remote}"));
+    let bar = progress(source.len, &format!("put {remote}"));
+    let mtime_ms = source.mtime_ms;
     let mut work = PutWork {
-        input,
-        source: local,
+        input: source.input,
+        source: &source.name,
         chunk_size: info.chunk_size as usize,
         tree: Some(TreeBuilder::new()),
         index: VecDeque::new(),
@@ -61,7 +98,7 @@ pub fn put(config: &ClientConfig, local: &Path, remote: &Remote) -> Result<()> {
         size: 0,
         bar: bar.clone(),
     };
-    drive(&mut client, &mut work, WINDOW)
+    drive(client, &mut work, WINDOW)
         .with_context(|| format!("cannot put {remote} (nothing was changed)"))?;
     let (root, depth) = work.root.unwrap_or((None, 0));
     let meta = FileMeta {
@@ -84,7 +121,7 @@ pub fn put(config: &ClientConfig, local: &Path, remote: &Remote) -> Result<()> {
         .ok_or_else(|| anyhow!("the file record does not encode"))?;
     let key = file_key(remote.path())?;
     let version = write_record(
-        &mut client,
+        client,
         Request::RecordWrite {
             key: &key,
             after: Hlc::ZERO,
@@ -107,7 +144,7 @@ pub fn put(config: &ClientConfig, local: &Path, remote: &Remote) -> Result<()> {
         .ok_or_else(|| anyhow!("the directory entry does not encode"))?;
     let key = entry_key(dir, name)?;
     write_record(
-        &mut client,
+        client,
         Request::RecordWrite {
             key: &key,
             after: version,
@@ -145,19 +182,10 @@ pub fn put(config: &ClientConfig, local: &Path, remote: &Remote) -> Result<()> {
             value: dir_value,
         })
         .collect();
-    write_records(&mut client, &writes).with_context(|| {
+    write_records(client, &writes).with_context(|| {
         format!("wrote {remote} but could not list its directories; put it again")
     })?;
-    if io::stderr().is_terminal() {
-        eprintln!(
-            "put {remote}: {} in {} chunk{} in {:.1} s",
-            human(meta.size),
-            meta.chunks,
-            if meta.chunks == 1 { "" } else { "s" },
-            started.elapsed().as_secs_f64()
-        );
-    }
-    Ok(())
+    Ok(meta)
 }
 
 /// Refuses a put over a directory, or below a file.
@@ -191,7 +219,7 @@ fn check_put_target(
 
 struct PutWork<'p> {
     input: Box<dyn Read>,
-    source: &'p Path,
+    source: &'p str,
     chunk_size: usize,
     /// `None` once the input ended and the tree was closed.
     tree: Option<TreeBuilder>,
@@ -236,13 +264,7 @@ impl Work for PutWork<'_> {
             return Ok(None);
         };
         let mut data = vec![0u8; *chunk_size];
-        let n = read_full(input, &mut data).with_context(|| {
-            if source.as_os_str() == "-" {
-                "cannot read standard input".to_string()
-            } else {
-                format!("cannot read {}", source.display())
-            }
-        })?;
+        let n = read_full(input, &mut data).with_context(|| format!("cannot read {source}"))?;
         let mut emit = |id: ChunkId, bytes: &[u8]| index.push_back((id, bytes.to_vec()));
         if n == 0 {
             if let Some(builder) = tree.take() {

@@ -13,45 +13,117 @@ use crate::client::{Client, ClientConfig, Reply};
 use crate::drive::{Access, WINDOW, Work, drive, explain};
 use crate::members;
 
+/// What `stat` shows (and prints as JSON).
 #[derive(Serialize)]
-struct StatReport {
-    path: String,
-    size: u64,
-    chunk_size: u32,
-    chunks: u64,
-    depth: u8,
-    root: Option<String>,
-    version: VersionReport,
-    mtime_ms: u64,
-    mtime: String,
-    data_chunks: Vec<ChunkReport>,
+pub struct StatReport {
+    /// The file's path.
+    pub path: String,
+    /// Its length in bytes.
+    pub size: u64,
+    /// The chunk size it was cut with.
+    pub chunk_size: u32,
+    /// Its data chunks.
+    pub chunks: u64,
+    /// The chunk tree's depth.
+    pub depth: u8,
+    /// The tree's root, in hex; none for an empty file.
+    pub root: Option<String>,
+    /// The file record's version.
+    pub version: VersionReport,
+    /// Modification time, ms since the Unix epoch.
+    pub mtime_ms: u64,
+    /// The same, as UTC text.
+    pub mtime: String,
+    /// Each data chunk, in file order.
+    pub data_chunks: Vec<ChunkReport>,
 }
 
+/// A record version (a hybrid logical clock reading).
 #[derive(Serialize)]
-struct VersionReport {
-    time: u64,
-    millis: u64,
-    logical: u16,
-    node: String,
+pub struct VersionReport {
+    /// The raw reading: milliseconds << 16 | logical counter.
+    pub time: u64,
+    /// Its wall-clock part.
+    pub millis: u64,
+    /// Its logical counter.
+    pub logical: u16,
+    /// The node that issued it.
+    pub node: String,
 }
 
+/// One data chunk.
 #[derive(Serialize)]
-struct ChunkReport {
-    index: u64,
-    id: String,
-    holders: Vec<HolderReport>,
+pub struct ChunkReport {
+    /// Its position in the file, from 0.
+    pub index: u64,
+    /// Its id, in hex.
+    pub id: String,
+    /// The nodes holding a good copy.
+    pub holders: Vec<HolderReport>,
 }
 
+/// A node holding a chunk.
 #[derive(Serialize)]
-struct HolderReport {
-    id: String,
-    name: String,
+pub struct HolderReport {
+    /// Its id.
+    pub id: String,
+    /// Its name, from the contact's member table (`?` if unknown).
+    pub name: String,
 }
 
 /// `shoal fs stat REMOTE`.
 pub fn stat(config: &ClientConfig, remote: &Remote, json: bool) -> Result<()> {
     let mut client = Client::connect(config)?;
-    let (record, meta) = file_meta(&mut client, remote)?;
+    let report = stat_of(&mut client, remote)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let mut out = io::stdout().lock();
+    writeln!(out, "{}", report.path)?;
+    writeln!(
+        out,
+        "  size        {} bytes ({})",
+        report.size,
+        human(report.size)
+    )?;
+    writeln!(out, "  chunk size  {} bytes", report.chunk_size)?;
+    writeln!(
+        out,
+        "  chunks      {} data, tree depth {}{}",
+        report.chunks,
+        report.depth,
+        report
+            .root
+            .as_ref()
+            .map_or(String::new(), |r| format!(", root {}", &r[..16]))
+    )?;
+    writeln!(
+        out,
+        "  version     {}.{} by {}",
+        utc(report.version.millis),
+        report.version.logical,
+        report.version.node
+    )?;
+    writeln!(out, "  mtime       {}", report.mtime)?;
+    if !report.data_chunks.is_empty() {
+        writeln!(out, "  {:>8}  {:<16}  holders", "chunk", "id")?;
+    }
+    for c in &report.data_chunks {
+        let names: Vec<&str> = c.holders.iter().map(|h| h.name.as_str()).collect();
+        let names = if names.is_empty() {
+            "none found".to_string()
+        } else {
+            names.join(" ")
+        };
+        writeln!(out, "  {:>8}  {:<16}  {names}", c.index, &c.id[..16])?;
+    }
+    Ok(())
+}
+
+/// `remote`'s record and the holders of each of its data chunks.
+pub fn stat_of(client: &mut Client, remote: &Remote) -> Result<StatReport> {
+    let (record, meta) = file_meta(client, remote)?;
     let mut work = StatWork {
         walk: TreeWalk::new(&meta),
         remote,
@@ -60,7 +132,7 @@ pub fn stat(config: &ClientConfig, remote: &Remote, json: bool) -> Result<()> {
         ids: Vec::new(),
         holders: Vec::new(),
     };
-    drive(&mut client, &mut work, WINDOW).with_context(|| format!("cannot stat {remote}"))?;
+    drive(client, &mut work, WINDOW).with_context(|| format!("cannot stat {remote}"))?;
     let records = client.members().unwrap_or_default();
     let report = StatReport {
         path: remote.to_string(),
@@ -95,50 +167,7 @@ pub fn stat(config: &ClientConfig, remote: &Remote, json: bool) -> Result<()> {
             })
             .collect(),
     };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
-    }
-    let mut out = io::stdout().lock();
-    writeln!(out, "{}", report.path)?;
-    writeln!(
-        out,
-        "  size        {} bytes ({})",
-        meta.size,
-        human(meta.size)
-    )?;
-    writeln!(out, "  chunk size  {} bytes", meta.chunk_size)?;
-    writeln!(
-        out,
-        "  chunks      {} data, tree depth {}{}",
-        meta.chunks,
-        meta.depth,
-        report
-            .root
-            .as_ref()
-            .map_or(String::new(), |r| format!(", root {}", &r[..16]))
-    )?;
-    writeln!(
-        out,
-        "  version     {}.{} by {}",
-        utc(report.version.millis),
-        report.version.logical,
-        report.version.node
-    )?;
-    writeln!(out, "  mtime       {}", report.mtime)?;
-    if !report.data_chunks.is_empty() {
-        writeln!(out, "  {:>8}  {:<16}  holders", "chunk", "id")?;
-    }
-    for c in &report.data_chunks {
-        let names: Vec<&str> = c.holders.iter().map(|h| h.name.as_str()).collect();
-        let names = if names.is_empty() {
-            "none found".to_string()
-        } else {
-            names.join(" ")
-        };
-        writeln!(out, "  {:>8}  {:<16}  {names}", c.index, &c.id[..16])?;
-    }
-    Ok(())
+    Ok(report)
 }
 
 struct StatWork<'s> {
