@@ -22,6 +22,8 @@ const ATTEMPTS: u32 = 6;
 /// Tries per job while the coordinator answers `Busy`: it is only
 /// crowded, so keep trying for longer.
 const BUSY_ATTEMPTS: u32 = 30;
+/// Tries per job that times out: each try waits the whole timeout.
+const TIMEOUT_ATTEMPTS: u32 = 3;
 
 /// The wait before try `attempt + 1`: 10 ms, doubling, at most 1 s.
 fn backoff(attempt: u32) -> Duration {
@@ -188,7 +190,11 @@ pub fn drive<W: Work>(client: &mut Client, work: &mut W, window: usize) -> Resul
             } else if result.is_ok() {
                 cwnd = (cwnd + 1.0 / cwnd).min(max);
             }
-            let tries = if busy { BUSY_ATTEMPTS } else { ATTEMPTS };
+            let tries = match result {
+                Err(OpFailure::Remote(RemoteError::Busy)) => BUSY_ATTEMPTS,
+                Err(OpFailure::TimedOut | OpFailure::Undeliverable) => TIMEOUT_ATTEMPTS,
+                _ => ATTEMPTS,
+            };
             match result {
                 Ok(reply) => work.done(job, reply)?,
                 Err(f) if attempt < tries && work.retry(&job, &f) => {
