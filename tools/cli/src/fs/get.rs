@@ -14,7 +14,7 @@ use shoal_core::node::{OpFailure, RemoteError, Request, Response};
 
 use super::{Remote, file_meta, human, progress};
 use crate::client::{Client, ClientConfig, Reply};
-use crate::drive::{Access, WINDOW, Work, drive, explain};
+use crate::drive::{Access, WINDOW, Work, chunk_window, drive, explain};
 
 /// `shoal fs get REMOTE LOCAL`.
 pub fn get(config: &ClientConfig, remote: &Remote, local: &Path) -> Result<()> {
@@ -68,7 +68,8 @@ pub fn get_to(
         out: sink.writer(),
         bar: bar.clone(),
     };
-    drive(client, &mut work, WINDOW).with_context(|| format!("cannot get {remote}"))?;
+    drive(client, &mut work, chunk_window(meta.chunk_size))
+        .with_context(|| format!("cannot get {remote}"))?;
     let (chunks, written) = (work.written_chunks, work.written);
     drop(work);
     if chunks != meta.chunks || written != meta.size {

@@ -17,7 +17,7 @@ use super::{
     system_ms, write_record, write_records,
 };
 use crate::client::{Client, ClientConfig, Reply};
-use crate::drive::{Access, WINDOW, Work, drive, explain};
+use crate::drive::{Access, Work, chunk_window, drive, explain};
 
 /// What `put` reads: a local file or standard input.
 pub struct Source {
@@ -98,7 +98,7 @@ pub fn put_from(client: &mut Client, source: Source, remote: &Remote) -> Result<
         size: 0,
         bar: bar.clone(),
     };
-    drive(client, &mut work, WINDOW)
+    drive(client, &mut work, chunk_window(info.chunk_size))
         .with_context(|| format!("cannot put {remote} (nothing was changed)"))?;
     let (root, depth) = work.root.unwrap_or((None, 0));
     let meta = FileMeta {
