@@ -35,7 +35,7 @@ pub fn ls(config: &ClientConfig, dir: &Remote, json: bool) -> Result<()> {
     let mut client = Client::connect(config)?;
     let rows = list(&mut client, dir)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        writeln!(io::stdout(), "{}", serde_json::to_string_pretty(&rows)?)?;
         return Ok(());
     }
     let mut out = io::stdout().lock();

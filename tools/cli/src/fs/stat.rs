@@ -76,7 +76,7 @@ pub fn stat(config: &ClientConfig, remote: &Remote, json: bool) -> Result<()> {
     let mut client = Client::connect(config)?;
     let report = stat_of(&mut client, remote)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        writeln!(io::stdout(), "{}", serde_json::to_string_pretty(&report)?)?;
         return Ok(());
     }
     let mut out = io::stdout().lock();
