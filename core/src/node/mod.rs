@@ -1042,8 +1042,22 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
             }
             return;
         }
-        if self.link_send(now, to, &buf[..len]).is_none() {
-            self.stats.busy += 1;
+        if self.link_send(now, to, &buf[..len]).is_some() {
+            return;
+        }
+        self.stats.busy += 1;
+        // No room for the answer (a chunk is many fragments): say `Busy` in
+        // one fragment instead, so the asker retries now rather than waiting
+        // out its timeout.
+        if len > crate::link::FRAGMENT
+            && let Some(p) = Prefix::parse(&buf[..len])
+        {
+            let mut small = [0u8; 32];
+            if let Some(n) =
+                envelope::encode_response(&mut small, p.id, &Response::Error(RemoteError::Busy))
+            {
+                let _ = self.link_send(now, to, &small[..n]);
+            }
         }
     }
 
