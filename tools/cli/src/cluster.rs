@@ -116,6 +116,8 @@ pub struct LocalCluster {
     pub nodes: Vec<LocalNode>,
     bin: PathBuf,
     detached: bool,
+    /// Flags every node started from now on gets.
+    extra: Vec<String>,
 }
 
 impl LocalCluster {
@@ -146,7 +148,13 @@ impl LocalCluster {
             nodes: Vec::new(),
             bin,
             detached,
+            extra: Vec::new(),
         })
+    }
+
+    /// Adds flags that every node started from now on gets.
+    pub fn node_args(&mut self, args: impl IntoIterator<Item = String>) {
+        self.extra.extend(args);
     }
 
     /// Starts `n` nodes: the first alone, once it answers the others
@@ -198,6 +206,7 @@ impl LocalCluster {
         for s in seeds {
             cmd.arg("--join").arg(s.to_string());
         }
+        cmd.args(&self.extra);
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

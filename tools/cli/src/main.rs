@@ -17,6 +17,7 @@ mod commands;
 mod demo;
 mod drive;
 mod fs;
+mod fsbench;
 mod http;
 mod keyfile;
 mod members;
@@ -108,9 +109,29 @@ enum Command {
         #[arg(long, default_value_t = 20_000)]
         requests: usize,
     },
+    /// Measure file-system throughput on a 3-node loopback cluster beside
+    /// a plain UDP blast between two processes (prints a Markdown table).
+    BenchFs {
+        /// Size of the large file put and got, in MiB.
+        #[arg(long, default_value_t = 256)]
+        size_mib: u64,
+        /// 1 KiB files to put.
+        #[arg(long, default_value_t = 4000)]
+        files: usize,
+        /// Clients putting small files at once.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// The cluster's chunk size in bytes (default: the nodes' default).
+        #[arg(long)]
+        chunk_size: Option<u32>,
+    },
     /// Echo UDP datagrams on 127.0.0.1 (the benchmark's baseline peer).
     #[command(hide = true)]
     UdpEcho,
+    /// Count the bytes of UDP datagrams on 127.0.0.1 (the file-system
+    /// benchmark's baseline peer).
+    #[command(hide = true)]
+    UdpSink,
 }
 
 #[derive(Subcommand)]
@@ -256,6 +277,18 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo => demo::run(),
         Command::Bench { requests } => bench::run(requests),
         Command::UdpEcho => bench::udp_echo(),
+        Command::BenchFs {
+            size_mib,
+            files,
+            concurrency,
+            chunk_size,
+        } => fsbench::run(&fsbench::Options {
+            size_mib,
+            files,
+            concurrency,
+            chunk_size,
+        }),
+        Command::UdpSink => fsbench::udp_sink(),
     }
 }
 

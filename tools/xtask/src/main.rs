@@ -3,6 +3,8 @@
 //! - `cargo xtask test` — everything CI runs, installing missing targets first.
 //! - `cargo xtask sim SCENARIO --seed S --nodes N` — replays one simulator run.
 //! - `cargo xtask bench router` — the router benchmark.
+//! - `cargo xtask bench fs` — file-system put/get throughput and small-file
+//!   puts on a 3-node loopback cluster, beside a plain UDP blast.
 //! - `cargo xtask bench net` — key-addressed round trips on a 3-node loopback
 //!   cluster beside plain UDP echo (release build).
 //! - `cargo xtask demo` — builds `shoal-node` and `shoal` in release and runs
@@ -121,7 +123,8 @@ fn main() -> Result<()> {
         Task::Bench { which, args } => match which.as_str() {
             "router" => cargo(&["bench", "-p", "shoal-core", "--bench", "router"]),
             "net" => shoal(&["bench"], &args),
-            other => bail!("unknown benchmark {other:?}; try: router, net"),
+            "fs" => shoal(&["bench-fs"], &args),
+            other => bail!("unknown benchmark {other:?}; try: router, net, fs"),
         },
         Task::Demo => shoal(&["demo"], &[]),
         Task::Sizes => {

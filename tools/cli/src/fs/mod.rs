@@ -217,14 +217,19 @@ fn call(client: &mut Client, request: Request<'_>, access: Access) -> Result<Rep
 }
 
 /// The cluster's chunk size and quorums, as the contact has them.
+/// The contact's file-system settings.
 #[derive(Clone, Copy, Debug)]
-struct Info {
-    chunk_size: u32,
-    n: u8,
-    r: u8,
+pub struct Info {
+    /// Bytes per chunk.
+    pub chunk_size: u32,
+    /// Replicas.
+    pub n: u8,
+    /// Read quorum.
+    pub r: u8,
 }
 
-fn info(client: &mut Client) -> Result<Info> {
+/// Asks the contact for its file-system settings.
+pub fn info(client: &mut Client) -> Result<Info> {
     match call(client, Request::FsInfo, Access::Read)?.response {
         Response::FsInfo {
             chunk_size, n, r, ..
