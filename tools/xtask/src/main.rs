@@ -58,9 +58,10 @@ enum Task {
     },
     /// Run a benchmark and print its table.
     Bench {
-        /// Which benchmark: router, net.
+        /// Which benchmark: router, net, fs.
         which: String,
-        /// Extra arguments for the benchmark (`net`: `--requests N`).
+        /// Extra arguments for the benchmark (`net`: `--requests N`; `fs`:
+        /// `--size-mib N --files N --concurrency N --chunk-size B`).
         #[arg(last = true)]
         args: Vec<String>,
     },
