@@ -83,7 +83,10 @@ pub fn put_from(client: &mut Client, source: Source, remote: &Remote) -> Result<
         .ok_or_else(|| anyhow!("invalid path \"/\": {}", PathError::Root))?;
     let up = ancestors(remote.path());
     let info = info(client)?;
-    check_put_target(client, remote, dir, name, &up)?;
+    // The version the file has now: the new one is written after it, so
+    // puts from different clients order as they happened even when the
+    // nodes' clocks disagree.
+    let current = check_put_target(client, remote, dir, name, &up)?;
 
     let bar = progress(source.len, &format!("put {remote}"));
     let mtime_ms = source.mtime_ms;
@@ -124,7 +127,7 @@ pub fn put_from(client: &mut Client, source: Source, remote: &Remote) -> Result<
         client,
         Request::RecordWrite {
             key: &key,
-            after: Hlc::ZERO,
+            after: current,
             exact: false,
             tombstone: false,
             value,
@@ -143,22 +146,6 @@ pub fn put_from(client: &mut Client, source: Source, remote: &Remote) -> Result<
         .encode(&mut buf)
         .ok_or_else(|| anyhow!("the directory entry does not encode"))?;
     let key = entry_key(dir, name)?;
-    write_record(
-        client,
-        Request::RecordWrite {
-            key: &key,
-            after: version,
-            exact: true,
-            tombstone: false,
-            value,
-        },
-    )
-    .with_context(|| {
-        format!(
-            "wrote {remote} but could not list it in {}; put it again",
-            dir.as_str()
-        )
-    })?;
     let dir_entry = DirEntry {
         kind: EntryKind::Dir,
         size: 0,
@@ -172,31 +159,40 @@ pub fn put_from(client: &mut Client, source: Source, remote: &Remote) -> Result<
         .iter()
         .map(|(parent, name, _)| entry_key(*parent, name))
         .collect::<Result<Vec<_>>>()?;
-    let writes: Vec<Request<'_>> = keys
-        .iter()
-        .map(|key| Request::RecordWrite {
-            key,
-            after: Hlc::ZERO,
-            exact: false,
-            tombstone: false,
-            value: dir_value,
-        })
-        .collect();
+    // The file's entry and its directories' entries at once.
+    let mut writes = vec![Request::RecordWrite {
+        key: &key,
+        after: version,
+        exact: true,
+        tombstone: false,
+        value,
+    }];
+    writes.extend(keys.iter().map(|key| Request::RecordWrite {
+        key,
+        after: Hlc::ZERO,
+        exact: false,
+        tombstone: false,
+        value: dir_value,
+    }));
     write_records(client, &writes).with_context(|| {
-        format!("wrote {remote} but could not list its directories; put it again")
+        format!(
+            "wrote {remote} but could not list it in {}; put it again",
+            dir.as_str()
+        )
     })?;
     Ok(meta)
 }
 
-/// Refuses a put over a directory, or below a file.
+/// Refuses a put over a directory, or below a file; the file record's
+/// current version otherwise.
 fn check_put_target(
     client: &mut Client,
     remote: &Remote,
     dir: FsPath<'_>,
     name: &str,
     up: &[(FsPath<'_>, &str, FsPath<'_>)],
-) -> Result<()> {
-    let mut keys = vec![entry_key(dir, name)?];
+) -> Result<Hlc> {
+    let mut keys = vec![file_key(remote.path())?, entry_key(dir, name)?];
     for (parent, name, _) in up {
         keys.push(entry_key(*parent, name)?);
     }
@@ -206,15 +202,15 @@ fn check_put_target(
             .then(|| DirEntry::decode(&r.value).map(|e| e.kind))
             .flatten()
     };
-    if kind(&records[0]) == Some(EntryKind::Dir) {
+    if kind(&records[1]) == Some(EntryKind::Dir) {
         bail!("cannot put {remote}: it is a directory");
     }
-    for ((_, _, path), r) in up.iter().zip(&records[1..]) {
+    for ((_, _, path), r) in up.iter().zip(&records[2..]) {
         if kind(r) == Some(EntryKind::File) {
             bail!("cannot put {remote}: {} is a file", path.as_str());
         }
     }
-    Ok(())
+    Ok(records[0].version)
 }
 
 struct PutWork<'p> {
