@@ -11,7 +11,8 @@
 //!   (3 replicas, write quorum 2: every byte is sent to three nodes and
 //!   written durably on two before a chunk counts).
 //! - **small puts**: 1 KiB files, each a full `put` (chunk, file record,
-//!   directory entry), from `concurrency` clients at once.
+//!   directory entry), from `concurrency` clients at once, all into one
+//!   directory; then **ls** of that directory.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
@@ -67,13 +68,16 @@ pub fn run(o: &Options) -> Result<()> {
          | UDP blast, 1200-byte datagrams, two processes | {blast:.0} MB/s | 100% |\n\
          | put {} MiB (3 replicas, W = 2, chunk {} B) | {put:.1} MB/s | {:.1}% |\n\
          | get {} MiB | {get:.1} MB/s | {:.1}% |\n\
-         | put 1 KiB files, concurrency {} | {small:.0} files/s | - |",
+         | put 1 KiB files, concurrency {} | {small:.0} files/s | - |\n\
+         | ls of a directory of {} files | {:.2} s | - |",
         o.size_mib,
         r.chunk_size,
         100.0 * put / blast,
         o.size_mib,
         100.0 * get / blast,
         o.concurrency,
+        r.listed,
+        r.ls.as_secs_f64(),
     );
     Ok(())
 }
@@ -87,6 +91,8 @@ struct Results {
     get: Duration,
     small_files: usize,
     small_time: Duration,
+    listed: usize,
+    ls: Duration,
 }
 
 fn measure(o: &Options, bin: PathBuf, dir: &Path) -> Result<Results> {
@@ -154,6 +160,13 @@ fn measure(o: &Options, bin: PathBuf, dir: &Path) -> Result<Results> {
         Ok(())
     })?;
     let small_time = start.elapsed();
+    eprintln!("bench-fs: ls");
+    let start = Instant::now();
+    let listed = fs::list(&mut client, &Remote::dir("/small".into())?)?.len();
+    let ls = start.elapsed();
+    if listed != per * o.concurrency {
+        bail!("ls listed {listed} files, not {}", per * o.concurrency);
+    }
     c.stop();
     Ok(Results {
         blast_bytes,
@@ -164,6 +177,8 @@ fn measure(o: &Options, bin: PathBuf, dir: &Path) -> Result<Results> {
         get,
         small_files: per * o.concurrency,
         small_time,
+        listed,
+        ls,
     })
 }
 
@@ -177,7 +192,7 @@ fn small_puts(client: &mut Client, dir: &Path, t: usize, n: usize) -> Result<()>
             *b = rng.next_u64() as u8;
         }
         std::fs::write(&local, data)?;
-        let remote = Remote::file(format!("/small/{t}/{i}").into())?;
+        let remote = Remote::file(format!("/small/{t}-{i}").into())?;
         fs::put_from(client, fs::Source::open(&local)?, &remote)
             .with_context(|| format!("put {remote}"))?;
     }
