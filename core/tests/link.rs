@@ -261,6 +261,30 @@ fn silent_peer_fails_every_message_within_the_bound() {
     );
 }
 
+/// A window lowered for one peer (a microcontroller) holds for that peer,
+/// whatever the configured window.
+#[test]
+fn a_window_lowered_for_one_peer_is_never_exceeded() {
+    let config = LinkConfig {
+        window: 32,
+        ..LinkConfig::default()
+    };
+    let mut ends = [End::<64>::new(1, 1, config), End::<64>::new(2, 1, config)];
+    let mut net = Net::new(4, 50_000, 0, Duration::from_millis(5));
+    let mut now = Instant::ZERO;
+    for i in 0..3 {
+        ends[0]
+            .link
+            .send(now, NodeId(2), 1, &message(4, i, MAX_MSG))
+            .unwrap();
+    }
+    ends[0].link.set_window(NodeId(2), 2);
+    flush(&mut ends, &mut net, now, 2);
+    while ends[1].received.len() < 3 {
+        assert!(step(&mut ends, &mut net, &mut now, 2));
+    }
+}
+
 #[test]
 fn a_small_window_is_never_exceeded() {
     let config = LinkConfig {

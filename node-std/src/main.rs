@@ -13,8 +13,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow};
 use clap::Parser;
+use shoal_core::link::LinkConfig;
 use shoal_core::member::{MemberConfig, Profile};
-use shoal_core::node::{DataConfig, NodeConfig, Role};
+use shoal_core::node::{DataConfig, HOST_WINDOW, NodeConfig, Role};
 use shoal_core::{Duration, NodeKind};
 use shoal_node::config::Flags;
 use shoal_node::host::Host;
@@ -100,7 +101,10 @@ fn run(flags: &Flags) -> Result<()> {
         },
         role: Role::Member,
         member: MemberConfig::default(),
-        link: Default::default(),
+        link: LinkConfig {
+            window: HOST_WINDOW,
+            ..LinkConfig::default()
+        },
         request_timeout: REQUEST_TIMEOUT,
         data: DataConfig {
             quorum: settings.quorum,

@@ -58,7 +58,8 @@ use crate::{Duration, Instant, NodeId};
 #[derive(Clone, Copy, Debug)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct LinkConfig {
-    /// Most unacknowledged fragments in flight per peer.
+    /// Most unacknowledged fragments in flight per peer (at most 32, the
+    /// receiver's span).
     pub window: u16,
     /// Retransmission timeout before any RTT sample.
     pub rto_initial: Duration,
@@ -252,6 +253,8 @@ struct Peer {
     rtt: RttEstimator,
     /// Generation of this node's stream to the peer.
     tx_stream: u16,
+    /// Most unacknowledged fragments in flight to this peer.
+    window: u16,
     /// No ack has come back on `tx_stream` yet.
     opening: bool,
     /// Generation of the peer's stream to this node, once opened.
@@ -267,7 +270,7 @@ struct Peer {
 }
 
 impl Peer {
-    fn new(id: NodeId, epoch: u64, now: Instant, rto: Duration, stream: u16) -> Peer {
+    fn new(id: NodeId, epoch: u64, now: Instant, rto: Duration, stream: u16, window: u16) -> Peer {
         Peer {
             id,
             epoch,
@@ -276,6 +279,7 @@ impl Peer {
             tx: heapless::Deque::new(),
             rtt: RttEstimator::new(rto),
             tx_stream: stream,
+            window,
             opening: true,
             rx_stream: None,
             rx_next: 0,
@@ -359,6 +363,15 @@ impl<const P: usize, const S: usize> Link<P, S> {
     /// The smoothed RTT to `peer`, once measured.
     pub fn srtt(&self, peer: NodeId) -> Option<Duration> {
         self.peers.iter().find(|p| p.id == peer)?.rtt.srtt()
+    }
+
+    /// Lowers (or restores) the window to `peer`, at most the configured
+    /// one: a microcontroller takes a few fragments at a time, a host many.
+    pub fn set_window(&mut self, peer: NodeId, window: u16) {
+        let w = window.clamp(1, self.config.window);
+        if let Some(p) = self.peers.iter_mut().find(|p| p.id == peer) {
+            p.window = w;
+        }
     }
 
     /// Fragments queued or in flight to `peer`.
@@ -612,7 +625,8 @@ impl<const P: usize, const S: usize> Link<P, S> {
             return Some(i);
         }
         let stream = self.take_stream();
-        let fresh = Peer::new(peer, epoch, now, self.config.rto_initial, stream);
+        let window = self.config.window;
+        let fresh = Peer::new(peer, epoch, now, self.config.rto_initial, stream, window);
         if self.peers.is_full() {
             // Forget the least recently active peer with nothing in flight.
             // Best is one quiet for longer than any retransmission could
@@ -938,10 +952,10 @@ impl<const P: usize, const S: usize> Link<P, S> {
             return Some((p, i));
         }
         let n = self.peers.len();
-        let window = usize::from(self.config.window);
         for k in 0..n {
             let p = (self.turn + k) % n;
             let pe = &self.peers[p];
+            let window = usize::from(pe.window);
             let mut in_flight = 0;
             let mut base = None;
             let mut first_unsent = None;

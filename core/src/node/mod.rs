@@ -56,6 +56,10 @@ pub const MAX_MESSAGE: usize = 16 * 1024;
 /// Events a host node queues between two drains: the default length of
 /// [`Node`]'s event queue.
 pub const EVENTS: usize = 16;
+/// The link window this node uses towards a microcontroller peer.
+pub const MCU_WINDOW: u16 = 8;
+/// The link window hosts use with each other (and clients with hosts).
+pub const HOST_WINDOW: u16 = 32;
 /// Most forwarding hops a key-addressed request takes before the node it
 /// reaches serves it regardless (views can briefly disagree).
 pub const MAX_HOPS: u8 = 3;
@@ -678,7 +682,17 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
 
     fn link_send(&mut self, now: Instant, peer: NodeId, msg: &[u8]) -> Option<u64> {
         let epoch = self.epoch_of(peer)?;
-        self.link.send(now, peer, epoch, msg).ok().map(|m| m.0)
+        let id = self.link.send(now, peer, epoch, msg).ok().map(|m| m.0)?;
+        // A microcontroller's NIC and link slots take a few fragments at a
+        // time, whatever window this node uses with hosts.
+        if self
+            .member
+            .get(peer)
+            .is_some_and(|m| m.profile().kind == crate::NodeKind::Mcu)
+        {
+            self.link.set_window(peer, MCU_WINDOW);
+        }
+        Some(id)
     }
 
     fn receive(

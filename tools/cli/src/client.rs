@@ -25,7 +25,8 @@ use std::time::{Duration as StdDuration, Instant as StdInstant};
 use shoal_core::link::LinkConfig;
 use shoal_core::member::{MemberConfig, Profile, Record};
 use shoal_core::node::{
-    CommandError, Event, Node, NodeConfig, OpFailure, OpId, RemoteError, Request, Response, Role,
+    CommandError, Event, HOST_WINDOW, Node, NodeConfig, OpFailure, OpId, RemoteError, Request,
+    Response, Role,
 };
 use shoal_core::store::RamStore;
 use shoal_core::wire::{ClusterKey, MAX_DATAGRAM};
@@ -371,7 +372,10 @@ impl Client {
                 contact: config.contact,
             },
             member: MemberConfig::default(),
-            link: LinkConfig::default(),
+            link: LinkConfig {
+                window: HOST_WINDOW,
+                ..LinkConfig::default()
+            },
             request_timeout: core_duration(config.timeout),
             data: Default::default(),
         };
