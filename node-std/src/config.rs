@@ -80,6 +80,11 @@ pub struct Flags {
     /// Answers a record read waits for, 1 to N [default: 2].
     #[arg(long, value_name = "R")]
     pub read_quorum: Option<u8>,
+    /// Most bytes this node's store holds; beyond it the node refuses new
+    /// chunks and records, and writers place them on the next node
+    /// [default: no limit but the disk's].
+    #[arg(long, value_name = "BYTES")]
+    pub max_store: Option<u64>,
 }
 
 /// The config file: the same settings as the flags, by the same names.
@@ -100,6 +105,7 @@ struct FileConfig {
     replicas: Option<u8>,
     write_quorum: Option<u8>,
     read_quorum: Option<u8>,
+    max_store: Option<u64>,
 }
 
 /// Checked settings, ready to start a node with.
@@ -129,6 +135,8 @@ pub struct Settings {
     pub chunk_size: u32,
     /// Replicas, write quorum and read quorum.
     pub quorum: Quorum,
+    /// Most bytes of chunks and records to store, if limited.
+    pub max_store: Option<u64>,
 }
 
 impl Settings {
@@ -341,6 +349,7 @@ impl Flags {
             http,
             chunk_size,
             quorum,
+            max_store: self.max_store.or(file.max_store),
         })
     }
 }

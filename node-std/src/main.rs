@@ -53,6 +53,7 @@ fn run(flags: &Flags) -> Result<()> {
         );
     }
     let mut store = DiskStore::open(&settings.data)?;
+    store.set_quota(settings.max_store);
     let socket = std::net::UdpSocket::bind(settings.listen)
         .map_err(|e| anyhow!("cannot listen on {}: {}", settings.listen, io_reason(&e)))?;
     let bound = socket.local_addr()?;

@@ -124,6 +124,8 @@ pub struct DiskStore {
     db: Option<Database>,
     /// What the store holds, counting writes not yet flushed.
     usage: Usage,
+    /// Most bytes of chunks and records it takes, if limited.
+    quota: Option<u64>,
 }
 
 impl DiskStore {
@@ -148,7 +150,16 @@ impl DiskStore {
             lost: None,
             db: Some(db),
             usage,
+            quota: None,
         })
+    }
+
+    /// Limits the bytes (keys and values) the store holds: a chunk or record
+    /// put that would go beyond it fails with [`StoreError::Full`], as on a
+    /// full disk. The node's own small state (identity, GC marks) counts
+    /// but is never refused. `None` lifts the limit.
+    pub fn set_quota(&mut self, quota: Option<u64>) {
+        self.quota = quota;
     }
 
     fn open_file(path: &Path) -> Result<Database, redb::DatabaseError> {
@@ -330,6 +341,27 @@ impl Storage for DiskStore {
     }
 
     fn put(&mut self, space: Space, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        if let Some(quota) = self.quota
+            && space != Space::Local
+        {
+            // Replacing a value frees the old one's room.
+            let mut probe = [0u8; 0];
+            let old = match self.get(space, key, &mut probe) {
+                Ok(None) => 0,
+                Ok(Some(n)) => (key.len() + n) as u64,
+                Err(StoreError::BufferTooSmall) => {
+                    let mut buf = vec![0u8; 64 << 10];
+                    self.get(space, key, &mut buf)?
+                        .map_or(0, |n| (key.len() + n) as u64)
+                }
+                Err(e) => return Err(e),
+            };
+            let after =
+                self.usage.bytes - old.min(self.usage.bytes) + (key.len() + value.len()) as u64;
+            if after > quota {
+                return Err(StoreError::Full);
+            }
+        }
         let old = self.write(|txn| {
             Ok(txn
                 .open_table(table(space))?
@@ -403,7 +435,10 @@ impl Storage for DiskStore {
     }
 
     fn usage(&self) -> Usage {
-        self.usage
+        Usage {
+            capacity: self.quota,
+            ..self.usage
+        }
     }
 }
 
@@ -438,6 +473,27 @@ pub fn store_error(e: impl Into<redb::Error>) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_quota_refuses_like_a_full_disk_and_keeps_what_was_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = DiskStore::open(dir.path()).unwrap();
+        s.set_quota(Some(100));
+        s.put(Space::Chunks, b"a", &[1; 60]).unwrap();
+        assert_eq!(s.put(Space::Chunks, b"b", &[2; 60]), Err(StoreError::Full));
+        // Replacing a value counts only the difference.
+        s.put(Space::Chunks, b"a", &[3; 90]).unwrap();
+        // The node's own state is never refused, but counts.
+        s.put(Space::Local, b"identity", &[4; 20]).unwrap();
+        assert_eq!(s.put(Space::Chunks, b"c", &[5; 1]), Err(StoreError::Full));
+        s.flush().unwrap();
+        let mut out = [0u8; 128];
+        assert_eq!(s.get(Space::Chunks, b"a", &mut out), Ok(Some(90)));
+        assert_eq!(s.get(Space::Chunks, b"b", &mut out), Ok(None));
+        assert_eq!(s.usage().capacity, Some(100));
+        s.remove(Space::Chunks, b"a").unwrap();
+        s.put(Space::Chunks, b"b", &[2; 60]).unwrap();
+    }
 
     #[test]
     fn put_get_remove_and_usage() {

@@ -76,9 +76,10 @@ pub fn send(config: &ClientConfig, pool: Pool, key: &str, message: &str, json: b
 }
 
 /// `shoal dev up --nodes N --dir DIR`.
-pub fn dev_up(n: usize, dir: &Path) -> Result<()> {
+pub fn dev_up(n: usize, dir: &Path, node_args: Vec<String>) -> Result<()> {
     let bin = cluster::node_binary()?;
     let mut c = LocalCluster::create(dir, bin, true)?;
+    c.node_args(node_args);
     eprintln!("starting {n} shoal-node processes in {}", c.dir.display());
     let launched = std::time::Instant::now();
     c.start(n)?;

@@ -185,6 +185,10 @@ enum Dev {
         /// The cluster directory: key, data dirs, logs, pids.
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
+        /// More `shoal-node` flags for every node, after `--` (for example
+        /// `-- --chunk-size 8192`).
+        #[arg(last = true, value_name = "NODE FLAGS")]
+        node_args: Vec<String>,
     },
     /// Stop the nodes a `dev up` started in DIR.
     Down {
@@ -269,8 +273,13 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Fs { command } => run_fs(&g, command),
         Command::Dev {
-            command: Dev::Up { nodes, dir },
-        } => commands::dev_up(usize::from(nodes), &dir),
+            command:
+                Dev::Up {
+                    nodes,
+                    dir,
+                    node_args,
+                },
+        } => commands::dev_up(usize::from(nodes), &dir, node_args),
         Command::Dev {
             command: Dev::Down { dir },
         } => commands::dev_down(&dir),

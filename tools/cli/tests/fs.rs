@@ -443,3 +443,48 @@ fn gets_racing_overwrites_return_one_whole_version() {
     eprintln!("{puts} puts; gets saw A {got_a} times and B {got_b} times");
     assert!(got_a + got_b >= 5, "too few gets: {got_a} + {got_b}");
 }
+
+/// Stores that fill up refuse politely: a put that cannot find room on any
+/// node fails saying so and leaves nothing visible, and files already
+/// stored still read back. (The failed put's chunks stay until garbage
+/// collection reclaims them.)
+#[test]
+fn a_full_cluster_refuses_a_put_and_loses_nothing() {
+    // 96 KiB per node: a 40 KiB file (3 replicas) fits, a 200 KiB one
+    // cannot fit anywhere.
+    let c = DevCluster::up_with("fs-full", 3, &["--max-store", "98304"]);
+    for i in 0..3 {
+        c.wait_status(i, Duration::from_secs(10), |s| {
+            s.iter().filter(|m| m["state"] == "alive").count() == 3
+        });
+    }
+    let dir = &c.scratch;
+    let kept = dir.path("kept");
+    let kept_hash = write_random(&kept, 40 * 1024, 21);
+    ok(fs(&c, &["put", text(&kept), "/kept.bin"]));
+
+    let big = dir.path("big");
+    write_random(&big, 200 * 1024, 22);
+    let out = fs(&c, &["put", text(&big), "/big.bin"]);
+    assert!(
+        !out.status.success(),
+        "a put beyond every store's room succeeded"
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("no node has room"),
+        "the error does not say the stores are full: {err}"
+    );
+    assert!(err.contains("nothing was changed"), "{err}");
+
+    // Nothing half-visible: the failed file is neither listed nor readable.
+    assert_eq!(names(&ls(&c, "/")), ["kept.bin"]);
+    let back = dir.path("big.back");
+    let out = fs(&c, &["get", "/big.bin", text(&back)]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no such file"), "{}", stderr(&out));
+    // What was stored before is intact.
+    let kept_back = dir.path("kept.back");
+    ok(fs(&c, &["get", "/kept.bin", text(&kept_back)]));
+    assert_eq!(sha_file(&kept_back), kept_hash);
+}

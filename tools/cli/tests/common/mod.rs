@@ -157,16 +157,27 @@ pub struct DevCluster {
 
 impl DevCluster {
     pub fn up(name: &str, n: usize) -> DevCluster {
+        Self::up_with(name, n, &[])
+    }
+
+    /// Like [`DevCluster::up`], every node started with `node_args` too.
+    pub fn up_with(name: &str, n: usize, node_args: &[&str]) -> DevCluster {
         let scratch = Scratch::new(name);
         let dir = scratch.path("cluster");
-        let out = run_with_node(&[
+        let count = n.to_string();
+        let mut args = vec![
             "dev",
             "up",
             "--nodes",
-            &n.to_string(),
+            &count,
             "--dir",
             dir.to_str().expect("utf-8 path"),
-        ]);
+        ];
+        if !node_args.is_empty() {
+            args.push("--");
+            args.extend_from_slice(node_args);
+        }
+        let out = run_with_node(&args);
         assert!(out.status.success(), "dev up failed: {}", stderr(&out));
         let text = stdout(&out);
         let var = |name: &str| {
