@@ -295,11 +295,12 @@ impl Default for Quorum {
 }
 
 impl Quorum {
-    /// The quorum for a pool with `live` live members: `N` shrinks to the
-    /// pool, and `W` and `R` shrink with it, so a one-node cluster works and
-    /// `W + R > N` still holds whenever it held for the configured values.
-    pub fn for_pool(&self, live: usize) -> Quorum {
-        let n = self.n.min(live.min(MAX_REPLICAS) as u8).max(1);
+    /// The quorum for a pool of `members` members (live or dead, not
+    /// left): `N` shrinks to the pool, and `W` and `R` shrink with it, so a
+    /// one-node cluster works and `W + R > N` still holds whenever it held
+    /// for the configured values.
+    pub fn for_pool(&self, members: usize) -> Quorum {
+        let n = self.n.min(members.min(MAX_REPLICAS) as u8).max(1);
         Quorum {
             n,
             w: self.w.clamp(1, n),

@@ -141,12 +141,20 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
         digest: &KeyDigest,
     ) -> (heapless::Vec<NodeId, N>, Quorum) {
         let ranked = router::replicas::<N>(self.member.candidates(), pool, digest);
-        let live = self
-            .member
-            .candidates()
-            .filter(|c| c.weight > 0 && c.pools.contains(pool))
-            .count();
-        (ranked, self.data.quorum.for_pool(live))
+        // The quorum follows the pool's size, dead members included: a
+        // member that died still counts until it leaves, so losing nodes
+        // makes writes fail for want of live replicas rather than quietly
+        // keep fewer copies. Only a pool that never had N members (or saw
+        // them leave) runs with fewer.
+        let serves = |p: &crate::member::Profile| p.weight > 0 && p.pools.contains(pool);
+        let local = self.member.local();
+        let known = usize::from(serves(&local.profile))
+            + self
+                .member
+                .members()
+                .filter(|m| m.state() != State::Left && serves(m.profile()))
+                .count();
+        (ranked, self.data.quorum.for_pool(known))
     }
 
     fn is_full(&self, node: NodeId, now: Instant) -> bool {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{DevCluster, Scratch, assert_error, free_udp_port, run, shoal, stderr, stdout};
+use common::{DevCluster, Scratch, assert_error, free_udp_port, kill9, run, shoal, stderr, stdout};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -487,4 +487,66 @@ fn a_full_cluster_refuses_a_put_and_loses_nothing() {
     let kept_back = dir.path("kept.back");
     ok(fs(&c, &["get", "/kept.bin", text(&kept_back)]));
     assert_eq!(sha_file(&kept_back), kept_hash);
+}
+
+/// With two of three nodes dead, a write quorum of two cannot be met: the
+/// put fails and says so, while reads (read quorum 1 here) still work;
+/// once the nodes are back, nothing of the failed put is visible and what
+/// was stored before reads back intact.
+#[test]
+fn a_put_without_its_write_quorum_fails_and_leaves_nothing_visible() {
+    let c = DevCluster::up_with("fs-quorum", 3, &["--read-quorum", "1"]);
+    for i in 0..3 {
+        c.wait_status(i, Duration::from_secs(10), |s| {
+            s.iter().filter(|m| m["state"] == "alive").count() == 3
+        });
+    }
+    let dir = &c.scratch;
+    let before = dir.path("before");
+    let before_hash = write_random(&before, 3 * CHUNK, 31);
+    ok(fs(&c, &["put", text(&before), "/before.bin"]));
+    for i in [1, 2] {
+        kill9(c.nodes[i]["pid"].as_u64().expect("pid"));
+    }
+    c.wait_status(0, Duration::from_secs(20), |s| {
+        s.iter().filter(|m| m["state"] == "dead").count() == 2
+    });
+    let file = dir.path("file");
+    write_random(&file, 5 * CHUNK, 32);
+    let out = fs(&c, &["put", text(&file), "/after.bin"]);
+    assert!(!out.status.success(), "a put without its quorum succeeded");
+    let err = stderr(&out);
+    assert!(
+        err.contains("not enough live nodes to meet the write quorum"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was changed"), "{err}");
+    assert_eq!(names(&ls(&c, "/")), ["before.bin"]);
+    let early = dir.path("early");
+    ok(fs(&c, &["get", "/before.bin", text(&early)]));
+    assert_eq!(sha_file(&early), before_hash);
+
+    // The two come back with their data.
+    for i in [1, 2] {
+        let n = &c.nodes[i];
+        c.spawn_node(
+            n["name"].as_str().expect("name"),
+            n["addr"].as_str().expect("addr"),
+            n["http"].as_str().expect("http"),
+            Path::new(&c.key),
+            &[c.addr(0)],
+        );
+    }
+    for i in 0..3 {
+        c.wait_status(i, Duration::from_secs(20), |s| {
+            s.iter().filter(|m| m["state"] == "alive").count() == 3
+        });
+    }
+    assert_eq!(names(&ls(&c, "/")), ["before.bin"]);
+    let out = fs(&c, &["get", "/after.bin", text(&dir.path("after.back"))]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no such file"), "{}", stderr(&out));
+    let back = dir.path("before.back");
+    ok(fs(&c, &["get", "/before.bin", text(&back)]));
+    assert_eq!(sha_file(&back), before_hash);
 }
