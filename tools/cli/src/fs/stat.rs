@@ -6,6 +6,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 use shoal_core::NodeId;
 use shoal_core::fs::{ChunkId, Step, TreeWalk};
+use shoal_core::member::Record;
 use shoal_core::node::{OpFailure, RemoteError, Request, Response};
 
 use super::{Remote, file_meta, human, utc};
@@ -36,6 +37,9 @@ pub struct StatReport {
     pub mtime: String,
     /// Each data chunk, in file order.
     pub data_chunks: Vec<ChunkReport>,
+    /// Each index chunk of the tree, in the order a walk reads them (the
+    /// root first); none for a file of at most one chunk.
+    pub index_chunks: Vec<ChunkReport>,
 }
 
 /// A record version (a hybrid logical clock reading).
@@ -51,10 +55,11 @@ pub struct VersionReport {
     pub node: String,
 }
 
-/// One data chunk.
+/// One data or index chunk.
 #[derive(Serialize)]
 pub struct ChunkReport {
-    /// Its position in the file, from 0.
+    /// Its position among the file's data chunks (or among its index
+    /// chunks), from 0.
     pub index: u64,
     /// Its id, in hex.
     pub id: String,
@@ -109,19 +114,25 @@ pub fn stat(config: &ClientConfig, remote: &Remote, json: bool) -> Result<()> {
     if !report.data_chunks.is_empty() {
         writeln!(out, "  {:>8}  {:<16}  holders", "chunk", "id")?;
     }
-    for c in &report.data_chunks {
+    let rows = (report.data_chunks.iter().map(|c| (c.index.to_string(), c))).chain(
+        report
+            .index_chunks
+            .iter()
+            .map(|c| (format!("i{}", c.index), c)),
+    );
+    for (label, c) in rows {
         let names: Vec<&str> = c.holders.iter().map(|h| h.name.as_str()).collect();
         let names = if names.is_empty() {
             "none found".to_string()
         } else {
             names.join(" ")
         };
-        writeln!(out, "  {:>8}  {:<16}  {names}", c.index, &c.id[..16])?;
+        writeln!(out, "  {label:>8}  {:<16}  {names}", &c.id[..16])?;
     }
     Ok(())
 }
 
-/// `remote`'s record and the holders of each of its data chunks.
+/// `remote`'s record and the holders of each of its chunks.
 pub fn stat_of(client: &mut Client, remote: &Remote) -> Result<StatReport> {
     let (record, meta) = file_meta(client, remote)?;
     let mut work = StatWork {
@@ -131,6 +142,9 @@ pub fn stat_of(client: &mut Client, remote: &Remote) -> Result<StatReport> {
         walked: false,
         ids: Vec::new(),
         holders: Vec::new(),
+        index_ids: Vec::new(),
+        index_holders: Vec::new(),
+        index_asked: 0,
     };
     drive(client, &mut work, WINDOW).with_context(|| format!("cannot stat {remote}"))?;
     let records = client.members().unwrap_or_default();
@@ -149,25 +163,28 @@ pub fn stat_of(client: &mut Client, remote: &Remote) -> Result<StatReport> {
         },
         mtime_ms: meta.mtime_ms,
         mtime: utc(meta.mtime_ms),
-        data_chunks: work
-            .ids
-            .iter()
-            .zip(&work.holders)
-            .enumerate()
-            .map(|(i, (id, holders))| ChunkReport {
-                index: i as u64,
-                id: id.to_string(),
-                holders: holders
-                    .iter()
-                    .map(|n| HolderReport {
-                        id: n.to_string(),
-                        name: members::name_of(&records, *n),
-                    })
-                    .collect(),
-            })
-            .collect(),
+        data_chunks: chunk_reports(&work.ids, &work.holders, &records),
+        index_chunks: chunk_reports(&work.index_ids, &work.index_holders, &records),
     };
     Ok(report)
+}
+
+fn chunk_reports(ids: &[ChunkId], holders: &[Vec<NodeId>], records: &[Record]) -> Vec<ChunkReport> {
+    ids.iter()
+        .zip(holders)
+        .enumerate()
+        .map(|(i, (id, holders))| ChunkReport {
+            index: i as u64,
+            id: id.to_string(),
+            holders: holders
+                .iter()
+                .map(|n| HolderReport {
+                    id: n.to_string(),
+                    name: members::name_of(records, *n),
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 struct StatWork<'s> {
@@ -178,17 +195,27 @@ struct StatWork<'s> {
     ids: Vec<ChunkId>,
     /// Per data chunk, the nodes that hold a good copy.
     holders: Vec<Vec<NodeId>>,
+    /// The index chunks met so far, and who holds each.
+    index_ids: Vec<ChunkId>,
+    index_holders: Vec<Vec<NodeId>>,
+    /// Index chunks whose locate was issued.
+    index_asked: usize,
 }
 
 enum StatJob {
     Index(ChunkId),
     Locate(usize),
+    LocateIndex(usize),
 }
 
 impl Work for StatWork<'_> {
     type Job = StatJob;
 
     fn next(&mut self) -> Result<Option<StatJob>> {
+        if self.index_asked < self.index_ids.len() {
+            self.index_asked += 1;
+            return Ok(Some(StatJob::LocateIndex(self.index_asked - 1)));
+        }
         if self.index_pending || self.walked {
             return Ok(None);
         }
@@ -199,6 +226,8 @@ impl Work for StatWork<'_> {
             }
             Step::NeedIndex(id) => {
                 self.index_pending = true;
+                self.index_ids.push(id);
+                self.index_holders.push(Vec::new());
                 Ok(Some(StatJob::Index(id)))
             }
             Step::Data(id) => {
@@ -213,6 +242,9 @@ impl Work for StatWork<'_> {
         match job {
             StatJob::Index(id) => Request::ChunkRead { id: *id },
             StatJob::Locate(i) => Request::ChunkLocate { id: self.ids[*i] },
+            StatJob::LocateIndex(i) => Request::ChunkLocate {
+                id: self.index_ids[*i],
+            },
         }
     }
 
@@ -228,11 +260,10 @@ impl Work for StatWork<'_> {
                 self.index_pending = false;
             }
             (StatJob::Locate(i), Response::Holders { nodes }) => {
-                self.holders[i] = nodes
-                    .iter()
-                    .filter(|(_, has)| *has == Some(true))
-                    .map(|(n, _)| *n)
-                    .collect();
+                self.holders[i] = holding(&nodes);
+            }
+            (StatJob::LocateIndex(i), Response::Holders { nodes }) => {
+                self.index_holders[i] = holding(&nodes);
             }
             (_, other) => bail!("unexpected answer {other:?}"),
         }
@@ -248,4 +279,13 @@ impl Work for StatWork<'_> {
             (_, f) => Err(explain(f, Access::Read)),
         }
     }
+}
+
+/// The nodes of a locate answer that hold a good copy, in rank order.
+fn holding(nodes: &[(NodeId, Option<bool>)]) -> Vec<NodeId> {
+    nodes
+        .iter()
+        .filter(|(_, has)| *has == Some(true))
+        .map(|(n, _)| *n)
+        .collect()
 }
