@@ -5,7 +5,7 @@
 mod common;
 
 use std::ffi::OsStr;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::{Output, Stdio};
@@ -13,9 +13,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{DevCluster, Scratch, assert_error, free_udp_port, kill9, run, shoal, stderr, stdout};
+use common::{
+    DevCluster, Scratch, assert_error, free_udp_port, kill9, run, sha_file, shoal, stderr, stdout,
+    write_random,
+};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 /// The nodes' default chunk size.
 const CHUNK: usize = 2048;
@@ -61,45 +63,6 @@ fn ok(out: Output) -> Output {
 
 fn text(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
-}
-
-/// Writes `len` pseudo-random bytes (splitmix64 from `seed`) to `path`,
-/// streaming; returns their SHA-256.
-fn write_random(path: &Path, len: usize, seed: u64) -> [u8; 32] {
-    let mut file = std::io::BufWriter::new(std::fs::File::create(path).expect("create"));
-    let mut hash = Sha256::new();
-    let mut state = seed;
-    let mut left = len;
-    let mut block = vec![0u8; 64 * 1024];
-    while left > 0 {
-        let n = left.min(block.len());
-        for word in block[..n].chunks_mut(8) {
-            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
-            word.copy_from_slice(&z.to_le_bytes()[..word.len()]);
-        }
-        file.write_all(&block[..n]).expect("write");
-        hash.update(&block[..n]);
-        left -= n;
-    }
-    file.flush().expect("flush");
-    hash.finalize().into()
-}
-
-fn sha_file(path: &Path) -> [u8; 32] {
-    let mut file = std::fs::File::open(path).expect("open");
-    let mut hash = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = file.read(&mut buf).expect("read");
-        if n == 0 {
-            return hash.finalize().into();
-        }
-        hash.update(&buf[..n]);
-    }
 }
 
 /// `stat --json` of `remote`.

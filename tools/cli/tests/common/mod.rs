@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 /// The `shoal` binary under test, with no cluster settings inherited from
 /// the environment.
@@ -306,6 +307,45 @@ impl DevCluster {
     }
 }
 
+impl DevCluster {
+    /// Node `i`'s name (`n1`, `n2`, …).
+    pub fn name(&self, i: usize) -> String {
+        self.nodes[i]["name"].as_str().expect("name").to_string()
+    }
+
+    /// Node `i`'s process id now: its pid file, which a restart rewrites.
+    pub fn pid(&self, i: usize) -> u32 {
+        let file = self.dir.join(self.name(i)).join("pid");
+        let text = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
+        text.trim().parse().expect("pid file holds a pid")
+    }
+
+    /// Node `i`'s data dir.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        PathBuf::from(self.nodes[i]["data"].as_str().expect("data"))
+    }
+
+    /// Starts node `i` again on its data dir, address and HTTP port,
+    /// joining through `join`.
+    pub fn restart(&self, i: usize, join: &[usize]) {
+        let join: Vec<String> = join.iter().map(|&j| self.addr(j)).collect();
+        let n = &self.nodes[i];
+        self.spawn_node(
+            &self.name(i),
+            n["addr"].as_str().expect("addr"),
+            n["http"].as_str().expect("http"),
+            Path::new(&self.key),
+            &join,
+        );
+    }
+
+    /// Node `i`'s `/metrics`.
+    pub fn metrics(&self, i: usize) -> String {
+        http_get(self.http(i), "/metrics")
+    }
+}
+
 impl Drop for DevCluster {
     fn drop(&mut self) {
         let out = run_with_node(&[
@@ -327,6 +367,35 @@ pub fn kill9(pid: u64) {
         .status()
         .expect("run kill");
     assert!(status.success());
+}
+
+/// Sends SIGTERM to `pid` and waits (up to 10 s) until it has exited.
+pub fn stop(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -TERM {pid} failed");
+    let start = Instant::now();
+    while running(pid) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "pid {pid} still runs 10 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether `pid` is a process that has not exited (a zombie has).
+pub fn running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
 }
 
 /// A port free on 127.0.0.1 for UDP now.
@@ -374,4 +443,44 @@ pub fn metric(metrics: &str, series: &str) -> f64 {
                 .ok()
         })
         .unwrap_or(0.0)
+}
+
+/// Writes `len` pseudo-random bytes (splitmix64 from `seed`) to `path`,
+/// streaming; returns their SHA-256.
+pub fn write_random(path: &Path, len: usize, seed: u64) -> [u8; 32] {
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).expect("create"));
+    let mut hash = Sha256::new();
+    let mut state = seed;
+    let mut left = len;
+    let mut block = vec![0u8; 64 * 1024];
+    while left > 0 {
+        let n = left.min(block.len());
+        for word in block[..n].chunks_mut(8) {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            word.copy_from_slice(&z.to_le_bytes()[..word.len()]);
+        }
+        file.write_all(&block[..n]).expect("write");
+        hash.update(&block[..n]);
+        left -= n;
+    }
+    file.flush().expect("flush");
+    hash.finalize().into()
+}
+
+/// The SHA-256 of the file at `path`.
+pub fn sha_file(path: &Path) -> [u8; 32] {
+    let mut file = std::fs::File::open(path).expect("open");
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf).expect("read");
+        if n == 0 {
+            return hash.finalize().into();
+        }
+        hash.update(&buf[..n]);
+    }
 }
