@@ -28,6 +28,8 @@ use crate::store::{Space, StoreError};
 
 /// Replicas a chunk read tries before it gives up.
 const RANKED: usize = 8;
+/// How long a replica that let a chunk read time out is tried last.
+const SLOW_BACKOFF: Duration = Duration::from_secs(5);
 /// Bytes of one page of a listing.
 const PAGE: usize = 8 * 1024;
 
@@ -157,6 +159,21 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
         (ranked, self.data.quorum.for_pool(known))
     }
 
+    fn is_slow(&self, node: NodeId, now: Instant) -> bool {
+        self.slow.iter().any(|&(n, until)| n == node && until > now)
+    }
+
+    fn mark_slow(&mut self, node: NodeId, now: Instant) {
+        let until = now + SLOW_BACKOFF;
+        self.slow.retain(|&(_, u)| u > now);
+        if let Some(e) = self.slow.iter_mut().find(|(n, _)| *n == node) {
+            e.1 = until;
+        } else if self.slow.push((node, until)).is_err() && !self.slow.is_empty() {
+            self.slow.remove(0);
+            let _ = self.slow.push((node, until));
+        }
+    }
+
     fn is_full(&self, node: NodeId, now: Instant) -> bool {
         self.full.iter().any(|&(n, until)| n == node && until > now)
     }
@@ -166,7 +183,7 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
         self.full.retain(|&(_, u)| u > now);
         if let Some(e) = self.full.iter_mut().find(|(n, _)| *n == node) {
             e.1 = until;
-        } else if self.full.push((node, until)).is_err() {
+        } else if self.full.push((node, until)).is_err() && !self.full.is_empty() {
             self.full.remove(0);
             let _ = self.full.push((node, until));
         }
@@ -196,7 +213,16 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
             }
             Request::ChunkWrite { data } => self.chunk_write(now, from, req, data, spare),
             Request::ChunkRead { id } => {
-                let (ranked, q) = self.placement::<RANKED>(Pool::Data, &id.digest());
+                let (mut ranked, q) = self.placement::<RANKED>(Pool::Data, &id.digest());
+                // A replica that just let a read time out (it may have died
+                // without being declared dead yet) is tried last for a while.
+                let slow: heapless::Vec<NodeId, RANKED> = ranked
+                    .iter()
+                    .copied()
+                    .filter(|n| self.is_slow(*n, now))
+                    .collect();
+                ranked.retain(|n| !slow.contains(n));
+                let _ = ranked.extend_from_slice(&slow);
                 let kind = Kind::ChunkRead {
                     id,
                     n: usize::from(q.n),
@@ -927,6 +953,7 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
         };
         c.tally.answer(sub.node, Answer::Failed);
         if matches!(c.kind, Kind::ChunkRead { .. }) {
+            self.mark_slow(sub.node, now);
             return self.chunk_read_next(now, sub.coord, spare);
         }
         self.progress(now, sub.coord, spare);

@@ -243,7 +243,10 @@ struct Engine<
     // at most `S`: they are sized by it, so a microcontroller's stay small.
     subs: heapless::Vec<coord::Sub, S>,
     held: heapless::Vec<(NodeId, u64), S>,
-    full: heapless::Vec<(NodeId, Instant), FULL>,
+    // Nodes a coordinator skips (full) or tries last (slow); only a node
+    // that coordinates needs them, so they are sized like its operations.
+    full: heapless::Vec<(NodeId, Instant), C>,
+    slow: heapless::Vec<(NodeId, Instant), C>,
     sweep: sweep::Sweep,
     probes: heapless::Vec<sweep::Probe, S>,
     handoffs: heapless::Vec<sweep::Handoff, S>,
@@ -251,8 +254,6 @@ struct Engine<
     expansion: Option<gc::Expansion>,
     expand_at: Option<Instant>,
 }
-
-const FULL: usize = 16;
 
 impl<
     St: Storage,
@@ -312,6 +313,7 @@ impl<
                 subs: heapless::Vec::new(),
                 held: heapless::Vec::new(),
                 full: heapless::Vec::new(),
+                slow: heapless::Vec::new(),
                 sweep: sweep::Sweep::new(now),
                 probes: heapless::Vec::new(),
                 handoffs: heapless::Vec::new(),
