@@ -374,6 +374,25 @@ impl<const P: usize, const S: usize> Link<P, S> {
         }
     }
 
+    /// The settings.
+    pub fn config(&self) -> &LinkConfig {
+        &self.config
+    }
+
+    /// Free transmit slots: the fragments [`Link::send`] can take now (to a
+    /// peer whose own queue has room).
+    pub fn tx_room(&self) -> usize {
+        self.tx_free.len()
+    }
+
+    /// The first fragment of the message [`Link::poll_received`] hands out
+    /// next, if one is complete.
+    pub fn peek_received(&self) -> Option<&[u8]> {
+        let m = self.rx_msgs.iter().find(|m| m.complete())?;
+        let n = usize::from(m.lens[0]);
+        Some(&self.rx_data[usize::from(m.slots[0])][..n])
+    }
+
     /// Fragments queued or in flight to `peer`.
     pub fn outstanding(&self, peer: NodeId) -> usize {
         self.peers

@@ -37,7 +37,7 @@ pub use event::{Event, NodeStats, OpFailure, OpId};
 
 use core::net::SocketAddr;
 
-use crate::link::{Link, LinkConfig, LinkEvent, MAX_FRAME};
+use crate::link::{FRAGMENT, Link, LinkConfig, LinkEvent, MAX_FRAME};
 use crate::member::{MemberConfig, MemberEvent, Membership, Message, Profile, State};
 use crate::repl::HlcClock;
 use crate::router::{self, KeyDigest};
@@ -71,6 +71,10 @@ pub const COORDS: usize = 32;
 const OPS: usize = 64;
 const FORWARDS: usize = 64;
 const STRANGERS: usize = 32;
+
+/// Longest a received request waits for transmit room for its answer
+/// (see `Engine::room_to_answer`).
+const HOLD: Duration = Duration::from_millis(100);
 
 /// Whether the node is a cluster member or a client of one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -253,6 +257,8 @@ struct Engine<
     last_disturbance: Instant,
     expansion: Option<gc::Expansion>,
     expand_at: Option<Instant>,
+    /// Since when a received request has waited for transmit room.
+    stalled: Option<Instant>,
 }
 
 impl<
@@ -321,6 +327,7 @@ impl<
                 expansion: None,
                 // Index chunks queued before a restart are expanded again.
                 expand_at: Some(now),
+                stalled: None,
             },
         }
     }
@@ -618,6 +625,9 @@ impl<
         {
             earliest(c.next_hello);
         }
+        if let Some(since) = e.stalled {
+            earliest(since + HOLD);
+        }
         t
     }
 
@@ -803,7 +813,18 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
     /// Processes what the inputs produced inside the node: delivered link
     /// messages, link and member events.
     fn drain_internal(&mut self, now: Instant, scratch: &mut [u8], spare: &mut Spare<'_>) {
-        while let Some((peer, len)) = self.link.poll_received(scratch) {
+        loop {
+            let Some(first) = self.link.peek_received() else {
+                self.stalled = None;
+                break;
+            };
+            let request = Prefix::parse(first).is_some_and(|p| p.kind == EnvelopeKind::Request);
+            if request && !self.room_to_answer(now) {
+                break;
+            }
+            let Some((peer, len)) = self.link.poll_received(scratch) else {
+                break;
+            };
             self.on_message(now, peer, scratch, len, spare);
         }
         while let Some(e) = self.link.poll_event() {
@@ -821,6 +842,32 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
             self.disturbed(now);
             self.event(Event::Member(e));
         }
+    }
+
+    /// Whether to serve the next received request now.
+    ///
+    /// A request served while the link has no room for its answer loses
+    /// the answer, and its sender waits out a timeout for nothing. A node
+    /// with few transmit slots (a microcontroller has four) runs out of
+    /// them whenever requests arrive faster than its answers are
+    /// acknowledged. So a request is served only while the link can queue
+    /// the largest answer; until then it stays in the link, holding its
+    /// receive slots, so that the sender's next fragments wait for room
+    /// (they are retransmitted): backpressure. Acknowledgements free
+    /// transmit slots without any message being taken, so the wait
+    /// normally ends within a round trip. It is bounded by [`HOLD`] all the
+    /// same: two nodes whose answers wait for room in each other's receive
+    /// slots, full of requests, would otherwise wait for good. After it,
+    /// the waiting requests are served as before, room or not.
+    fn room_to_answer(&mut self, now: Instant) -> bool {
+        let answer = self.link.config().max_message.div_ceil(FRAGMENT).max(1);
+        // Held write acknowledgements take a fragment each at the next commit.
+        if self.link.tx_room().saturating_sub(self.held.len()) >= answer {
+            self.stalled = None;
+            return true;
+        }
+        let since = *self.stalled.get_or_insert(now);
+        now.saturating_since(since) >= HOLD
     }
 
     fn on_link_failed(&mut self, now: Instant, msg: u64, spare: &mut Spare<'_>) {
