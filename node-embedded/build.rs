@@ -1,6 +1,7 @@
 //! Links the image for its board and turns the build-time settings
-//! (`SHOAL_KEY_HEX`, `SHOAL_SEEDS`, `SHOAL_PORT`, `SHOAL_STORE_BYTES`) into
-//! checked constants, so a bad setting fails the build, not the boot.
+//! (`SHOAL_KEY_HEX`, `SHOAL_SEEDS`, `SHOAL_PORT`, `SHOAL_STORE_BYTES`,
+//! `SHOAL_STORE_ENTRIES`) into checked constants, so a bad setting fails
+//! the build, not the boot.
 
 use std::env;
 use std::fmt::Write as _;
@@ -16,6 +17,9 @@ const DEV_KEY: &str =
 const DEFAULT_SEEDS: &str = "10.0.2.2:7000";
 const DEFAULT_PORT: u16 = 7000;
 const DEFAULT_STORE_BYTES: usize = 16 * 1024;
+/// Entries the RAM store indexes. A stored chunk takes two (the chunk and
+/// its GC mark), and the node's identity one.
+const DEFAULT_STORE_ENTRIES: usize = 64;
 
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
@@ -24,6 +28,7 @@ fn main() {
         "SHOAL_SEEDS",
         "SHOAL_PORT",
         "SHOAL_STORE_BYTES",
+        "SHOAL_STORE_ENTRIES",
     ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
@@ -60,6 +65,12 @@ fn main() {
     let store: usize = env::var("SHOAL_STORE_BYTES").map_or(DEFAULT_STORE_BYTES, |s| {
         s.parse().expect("SHOAL_STORE_BYTES must be a byte count")
     });
+    let entries: usize = env::var("SHOAL_STORE_ENTRIES").map_or(DEFAULT_STORE_ENTRIES, |s| {
+        s.parse()
+            .ok()
+            .filter(|&n: &usize| n > 0)
+            .expect("SHOAL_STORE_ENTRIES must be a positive count")
+    });
 
     let mut code = String::new();
     writeln!(code, "/// The cluster key (`SHOAL_KEY_HEX`).").unwrap();
@@ -84,6 +95,12 @@ fn main() {
     )
     .unwrap();
     writeln!(code, "pub const STORE_BYTES: usize = {store};").unwrap();
+    writeln!(
+        code,
+        "/// Entries the RAM store indexes (`SHOAL_STORE_ENTRIES`)."
+    )
+    .unwrap();
+    writeln!(code, "pub const STORE_ENTRIES: usize = {entries};").unwrap();
     fs::write(out.join("settings.rs"), code).expect("writing settings.rs");
 }
 

@@ -36,8 +36,9 @@ pub const MAX_MESSAGE: usize = 2 * FRAGMENT;
 /// The MCU only logs them; a burst beyond two is counted in
 /// `NodeStats::events_lost`.
 pub const EVENTS: usize = 2;
-/// Entries the RAM store indexes.
-pub const STORE_ENTRIES: usize = 64;
+/// Entries the RAM store indexes (`SHOAL_STORE_ENTRIES`): a stored chunk
+/// takes two, itself and its GC mark.
+pub const STORE_ENTRIES: usize = built::STORE_ENTRIES;
 
 /// The node an MCU runs.
 pub type McuNode = Node<&'static mut McuStore, MEMBERS, PEERS, SLOTS, MAX_MESSAGE, EVENTS, COORDS>;
@@ -45,7 +46,8 @@ pub type McuNode = Node<&'static mut McuStore, MEMBERS, PEERS, SLOTS, MAX_MESSAG
 /// replica (it stores and serves chunks); clients talk to hosts, and an MCU
 /// asked to coordinate answers `Busy`.
 pub const COORDS: usize = 0;
-/// The MCU's store: a RAM arena of `SHOAL_STORE_BYTES`.
+/// The MCU's store: a RAM arena of `SHOAL_STORE_BYTES` indexing
+/// `SHOAL_STORE_ENTRIES` entries.
 pub type McuStore = RamStore<{ built::STORE_BYTES }, STORE_ENTRIES>;
 
 /// Router weight of an MCU: a small store next to hosts' 100.
@@ -156,13 +158,14 @@ pub async fn start(
         format_args!("mcu-{:02x}{:02x}{:02x}", mac[3], mac[4], mac[5]),
     );
     defmt::info!(
-        "shoal mcu {=u64:016x} epoch {=u64} mac {=[u8]:02x} ip {} advertising {}; store arena {=usize} bytes",
+        "shoal mcu {=u64:016x} epoch {=u64} mac {=[u8]:02x} ip {} advertising {}; store arena {=usize} bytes, {=usize} entries",
         identity.id.0,
         identity.epoch,
         mac,
         defmt::Debug2Format(&ip),
         defmt::Debug2Format(&advertise),
-        built::STORE_BYTES
+        built::STORE_BYTES,
+        STORE_ENTRIES
     );
     // The store is a static of its own, so `cargo xtask sizes` can report
     // it apart from the node; the node borrows it for good.
