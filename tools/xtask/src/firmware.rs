@@ -38,6 +38,15 @@ pub const NUCLEO: Image = Image {
 /// Every image.
 pub const IMAGES: [Image; 2] = [QEMU, NUCLEO];
 
+/// The firmware's build-time settings (read by `node-embedded/build.rs`).
+pub const SETTINGS: [&str; 5] = [
+    "SHOAL_KEY_HEX",
+    "SHOAL_SEEDS",
+    "SHOAL_PORT",
+    "SHOAL_STORE_BYTES",
+    "SHOAL_STORE_ENTRIES",
+];
+
 /// The repository root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -55,20 +64,34 @@ pub fn dir() -> PathBuf {
 impl Image {
     /// Builds the image in release with the default settings; its ELF path.
     pub fn build(&self) -> Result<PathBuf> {
-        self.build_with_key(None)
+        self.build_with(&[])
     }
 
-    /// Builds the image in release, carrying cluster key `key` (64 hex
-    /// digits) when given; its ELF path.
-    pub fn build_with_key(&self, key: Option<&str>) -> Result<PathBuf> {
+    /// Builds the image in release with build-time `settings` (environment
+    /// variables the firmware's `build.rs` reads, such as `SHOAL_KEY_HEX`
+    /// or `SHOAL_STORE_BYTES`); the others keep their defaults, whatever
+    /// this process's environment says. Its ELF path.
+    pub fn build_with(&self, settings: &[(&str, String)]) -> Result<PathBuf> {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let shown: Vec<String> = settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!(
-            "== firmware {}: cargo build --release --features {} --bin {} --target {}",
-            self.bin, self.feature, self.bin, self.target
+            "== firmware {}: {}cargo build --release --features {} --bin {} --target {}",
+            self.bin,
+            shown
+                .iter()
+                .filter(|s| !s.starts_with("SHOAL_KEY_HEX="))
+                .map(|s| format!("{s} "))
+                .collect::<String>(),
+            self.feature,
+            self.bin,
+            self.target
         );
         let mut cmd = Command::new(cargo);
-        if let Some(key) = key {
-            cmd.env("SHOAL_KEY_HEX", key);
+        for var in SETTINGS {
+            cmd.env_remove(var);
+        }
+        for (k, v) in settings {
+            cmd.env(k, v);
         }
         let status = cmd
             .current_dir(dir())

@@ -8,6 +8,12 @@
 //! 10.0.2.2, which QEMU maps to this machine's loopback — so MCUs reach
 //! hosts and each other's forwarded ports, and hosts reach MCUs, all at the
 //! addresses they advertise.
+//!
+//! Weights and stores: hosts join with router weight [`HOST_WEIGHT`] and
+//! MCUs weigh 1 (the firmware's `WEIGHT`), so the MCUs hold a share of the
+//! `data` pool's chunks that a test can measure; their images are built
+//! with a RAM store ([`MCU_STORE_BYTES`], [`MCU_STORE_ENTRIES`]) that holds
+//! that share with room to spare.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -64,6 +70,36 @@ pub fn mcu_words(j: u16, seed_port: u16) -> Vec<String> {
 /// A fixed lab key the fleet's hosts and images share.
 pub const FLEET_KEY: &str = "5348414c2d666c6565742d6b65792d6e6f742d7365637265742d303030303030";
 
+/// Router weight of the fleet's hosts. Beside MCUs of weight 1, a host of
+/// the default weight 100 would leave each MCU a copy of about 2% of the
+/// chunks; at 4, with 3 hosts and 2 MCUs, each MCU holds a copy of about
+/// 29% of them (see `mixed.rs`).
+pub const HOST_WEIGHT: u32 = 4;
+
+/// The RAM store arena of the fleet's MCU images (`SHOAL_STORE_BYTES`):
+/// room for 77 chunks of 2048 bytes (each also costs its 32-byte key and a
+/// 42-byte GC mark). The mixed-fleet test's file (100 data chunks and 3
+/// index chunks) puts about 30 on each MCU, and about 35 on the survivor
+/// once the other is dead. QEMU's mps2-an385 has 4 MiB of RAM; the arena is
+/// outside the image's 64 KiB static-RAM budget.
+pub const MCU_STORE_BYTES: usize = 160 * 1024;
+
+/// Entries the fleet's MCU stores index (`SHOAL_STORE_ENTRIES`): a chunk
+/// takes two (itself and its mark), so 160 entries hold 79 chunks, as many
+/// as the arena and more.
+pub const MCU_STORE_ENTRIES: usize = 160;
+
+/// Builds the QEMU image the fleet, the mixed-fleet test and the smoke test
+/// boot: the fleet key and the fleet's store. (One set of settings, so
+/// the steps of `cargo xtask test` share one build.)
+pub fn build_image() -> Result<PathBuf> {
+    firmware::QEMU.build_with(&[
+        ("SHOAL_KEY_HEX", FLEET_KEY.to_string()),
+        ("SHOAL_STORE_BYTES", MCU_STORE_BYTES.to_string()),
+        ("SHOAL_STORE_ENTRIES", MCU_STORE_ENTRIES.to_string()),
+    ])
+}
+
 /// What a fleet runs: the firmware image (built with the fleet key), the
 /// host node binary, and the key file.
 pub struct Build {
@@ -83,7 +119,7 @@ pub fn build(dir: &Path, hosts: bool) -> Result<Build> {
     let key_file = dir.join("cluster.key");
     std::fs::write(&key_file, format!("{FLEET_KEY}\n"))?;
     // The image carries the cluster key; build it with the fleet's.
-    let elf = firmware::QEMU.build_with_key(Some(FLEET_KEY))?;
+    let elf = build_image()?;
     if hosts {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let ok = Command::new(cargo)
@@ -111,7 +147,8 @@ pub fn release_dir() -> PathBuf {
         .join("release")
 }
 
-/// Starts host node `i` (data under `dir/host-i`), joining host 0.
+/// Starts host node `i` (data under `dir/host-i`, weight
+/// [`HOST_WEIGHT`]), joining host 0.
 pub fn spawn_host(b: &Build, dir: &Path, i: u16, quiet: bool) -> Result<Child> {
     let port = HOST_PORT + i;
     let data = dir.join(format!("host-{i}"));
@@ -125,6 +162,8 @@ pub fn spawn_host(b: &Build, dir: &Path, i: u16, quiet: bool) -> Result<Child> {
         .arg(format!("127.0.0.1:{port}"))
         .arg("--data")
         .arg(&data)
+        .arg("--weight")
+        .arg(HOST_WEIGHT.to_string())
         .arg("--key")
         .arg(&b.key_file)
         .arg("--http")

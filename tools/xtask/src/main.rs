@@ -303,7 +303,7 @@ fn test() -> Result<()> {
 
 fn qemu_smoke() -> Result<()> {
     ensure_qemu()?;
-    let elf = firmware::QEMU.build_with_key(Some(fleet::FLEET_KEY))?;
+    let elf = fleet::build_image()?;
     smoke::run(&elf)
 }
 
