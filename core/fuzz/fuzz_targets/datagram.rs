@@ -10,10 +10,12 @@ use libfuzzer_sys::fuzz_target;
 use shoal_core::link::LinkConfig;
 use shoal_core::member::{MemberConfig, Profile};
 use shoal_core::node::{Node, NodeConfig, Role};
+use shoal_core::store::RamStore;
 use shoal_core::wire::{ClusterKey, HEADER_LEN, Kind, MAX_DATAGRAM, Sealer};
 use shoal_core::{Duration, Instant, NodeId, NodeKind, PoolSet};
 
-type FuzzNode = Node<16, 16, 32>;
+/// A small store, so records and chunks the fuzzer gets through are kept.
+type FuzzNode = Node<RamStore<16384, 64>, 16, 16, 32>;
 const KEY: ClusterKey = ClusterKey([3; 32]);
 
 fn node() -> Box<FuzzNode> {
@@ -34,8 +36,9 @@ fn node() -> Box<FuzzNode> {
         member: MemberConfig::default(),
         link: LinkConfig::default(),
         request_timeout: Duration::from_secs(1),
+        data: Default::default(),
     };
-    Box::new(Node::new(Instant::ZERO, config, 1))
+    Box::new(Node::new(Instant::ZERO, config, 1, RamStore::new()))
 }
 
 thread_local! {
