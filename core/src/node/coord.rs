@@ -549,22 +549,13 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
             self.serve_data(now, node, id, *request, spare);
             return true;
         }
-        let sent = match envelope::encode_request(spare.aux, id, &Target::Here, request) {
-            Some(len) => {
-                let aux = core::mem::take(&mut spare.aux);
-                let m = self.link_send(now, node, &aux[..len]);
-                spare.aux = aux;
-                m
-            }
-            None => None,
-        };
-        match sent {
-            Some(m) => {
+        match self.send_request(now, node, id, request, spare) {
+            Sent::Queued(m) => {
                 sub.link_msg = Some(m);
                 let _ = self.subs.push(sub);
                 true
             }
-            None => {
+            Sent::NoRoom | Sent::Unencodable => {
                 self.stats.busy += 1;
                 if let Some(c) = self.coord(coord) {
                     c.tally.answer(node, Answer::Failed);
@@ -1085,11 +1076,7 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
                     continue;
                 }
                 let req = self.take_request_id();
-                let aux = core::mem::take(&mut spare.aux);
-                if let Some(len) = envelope::encode_request(aux, req, &Target::Here, &r) {
-                    let _ = self.link_send(now, node, &aux[..len]);
-                }
-                spare.aux = aux;
+                let _ = self.send_request(now, node, req, &r, spare);
             }
         }
     }

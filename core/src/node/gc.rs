@@ -198,13 +198,7 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
                 continue;
             }
             let req = self.take_request_id();
-            let Some(len) = envelope::encode_request(spare.aux, req, &Target::Here, &r) else {
-                continue;
-            };
-            let aux = core::mem::take(&mut spare.aux);
-            let sent = self.link_send(now, node, &aux[..len]);
-            spare.aux = aux;
-            if sent.is_none() {
+            if self.send_request(now, node, req, &r, spare) == Sent::NoRoom {
                 return false;
             }
         }

@@ -145,6 +145,17 @@ pub struct Transmit {
     pub len: usize,
 }
 
+/// What became of a request this node sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sent {
+    /// Queued on the link as this message.
+    Queued(u64),
+    /// The link had no room (or no address): try again later.
+    NoRoom,
+    /// It does not fit a message: trying again will not help.
+    Unencodable,
+}
+
 /// Where a request goes next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Hop {
@@ -332,6 +343,23 @@ impl<
         }
     }
 
+    /// The message buffer, the spare buffers and the engine, borrowed apart.
+    fn parts(&mut self) -> (&mut [u8], Spare<'_>, &mut Engine<St, M, P, S, E, C>) {
+        let Node {
+            scratch,
+            aux,
+            inbox,
+            inbox_len,
+            engine,
+        } = self;
+        let spare = Spare {
+            aux: &mut aux[..],
+            inbox: &mut inbox[..],
+            inbox_len,
+        };
+        (&mut scratch[..], spare, engine)
+    }
+
     /// Stops the node and hands back its store (flushed).
     pub fn into_store(mut self) -> St {
         let _ = self.engine.store.flush();
@@ -364,18 +392,7 @@ impl<
     /// Flushes the store and releases the acknowledgements of every write
     /// made since the last commit. Call after each batch of inputs.
     pub fn commit(&mut self, now: Instant) {
-        let Node {
-            scratch,
-            aux,
-            inbox,
-            inbox_len,
-            engine,
-        } = self;
-        let mut spare = Spare {
-            aux: &mut aux[..],
-            inbox: &mut inbox[..],
-            inbox_len,
-        };
+        let (scratch, mut spare, engine) = self.parts();
         engine.commit(now, &mut spare);
         engine.drain_internal(now, scratch, &mut spare);
     }
@@ -472,18 +489,7 @@ impl<
         target: Target,
         request: &Request<'_>,
     ) -> Result<OpId, CommandError> {
-        let Node {
-            scratch,
-            aux,
-            inbox,
-            inbox_len,
-            engine,
-        } = self;
-        let mut spare = Spare {
-            aux: &mut aux[..],
-            inbox: &mut inbox[..],
-            inbox_len,
-        };
+        let (scratch, mut spare, engine) = self.parts();
         *spare.inbox_len = 0;
         if engine.ops.is_full() {
             return Err(CommandError::Busy);
@@ -530,18 +536,7 @@ impl<
     /// A datagram arrived from `src`. `data` is decrypted in place. Never
     /// panics; a bad datagram is dropped and counted in [`NodeStats::drops`].
     pub fn handle_datagram(&mut self, now: Instant, src: SocketAddr, data: &mut [u8]) {
-        let Node {
-            scratch,
-            aux,
-            inbox,
-            inbox_len,
-            engine,
-        } = self;
-        let mut spare = Spare {
-            aux: &mut aux[..],
-            inbox: &mut inbox[..],
-            inbox_len,
-        };
+        let (scratch, mut spare, engine) = self.parts();
         *spare.inbox_len = 0;
         engine.stats.datagrams_in += 1;
         engine.stats.bytes_in += data.len() as u64;
@@ -553,18 +548,7 @@ impl<
 
     /// Runs the timers due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let Node {
-            scratch,
-            aux,
-            inbox,
-            inbox_len,
-            engine,
-        } = self;
-        let mut spare = Spare {
-            aux: &mut aux[..],
-            inbox: &mut inbox[..],
-            inbox_len,
-        };
+        let (scratch, mut spare, engine) = self.parts();
         *spare.inbox_len = 0;
         if engine.role == Role::Member {
             engine.member.handle_timeout(now);
@@ -690,6 +674,24 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
         let heard = self.replay.epoch_of(peer);
         let gossiped = self.member.get(peer).map(|m| m.record.version.epoch);
         heard.max(gossiped)
+    }
+
+    /// Builds request `id` in the spare buffer and queues it to `node`.
+    fn send_request(
+        &mut self,
+        now: Instant,
+        node: NodeId,
+        id: u64,
+        request: &Request<'_>,
+        spare: &mut Spare<'_>,
+    ) -> Sent {
+        let Some(len) = envelope::encode_request(spare.aux, id, &Target::Here, request) else {
+            return Sent::Unencodable;
+        };
+        let aux = core::mem::take(&mut spare.aux);
+        let sent = self.link_send(now, node, &aux[..len]);
+        spare.aux = aux;
+        sent.map_or(Sent::NoRoom, Sent::Queued)
     }
 
     fn link_send(&mut self, now: Instant, peer: NodeId, msg: &[u8]) -> Option<u64> {

@@ -177,13 +177,7 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
                 continue;
             }
             let id = self.take_request_id();
-            let Some(len) = envelope::encode_request(spare.aux, id, &Target::Here, &r) else {
-                return true;
-            };
-            let aux = core::mem::take(&mut spare.aux);
-            let sent = self.link_send(now, node, &aux[..len]);
-            spare.aux = aux;
-            if sent.is_none() {
+            if self.send_request(now, node, id, &r, spare) == Sent::NoRoom {
                 return false;
             }
         }
@@ -230,16 +224,13 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
                 continue;
             }
             let id = self.take_request_id();
-            let r = Request::ChunkHas { id: chunk };
-            let Some(len) = envelope::encode_request(spare.aux, id, &Target::Here, &r) else {
-                return true;
-            };
-            let aux = core::mem::take(&mut spare.aux);
-            let sent = self.link_send(now, node, &aux[..len]);
-            spare.aux = aux;
-            if sent.is_none() {
-                self.handoffs.retain(|h| h.chunk != chunk);
-                return false;
+            match self.send_request(now, node, id, &Request::ChunkHas { id: chunk }, spare) {
+                Sent::Queued(_) => {}
+                Sent::Unencodable => return true,
+                Sent::NoRoom => {
+                    self.handoffs.retain(|h| h.chunk != chunk);
+                    return false;
+                }
             }
             let _ = self.probes.push(Probe {
                 id,
