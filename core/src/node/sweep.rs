@@ -277,22 +277,44 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
                     id: chunk,
                     data: &spare.inbox[..n],
                 };
-                if let Some(len) = envelope::encode_request(spare.aux, id, &Target::Here, &r) {
-                    self.stats.repairs += 1;
-                    let aux = core::mem::take(&mut spare.aux);
-                    let _ = self.link_send(now, probe.node, &aux[..len]);
-                    spare.aux = aux;
+                let Some(len) = envelope::encode_request(spare.aux, id, &Target::Here, &r) else {
+                    return;
+                };
+                self.stats.repairs += 1;
+                let aux = core::mem::take(&mut spare.aux);
+                let sent = self.link_send(now, probe.node, &aux[..len]);
+                spare.aux = aux;
+                // The copy is watched like a probe: if it cannot go, is
+                // refused or goes unanswered, the sweep runs again.
+                let watched = sent.is_some()
+                    && self
+                        .probes
+                        .push(Probe {
+                            id,
+                            node: probe.node,
+                            chunk,
+                            deadline: now + self.request_timeout,
+                        })
+                        .is_ok();
+                if !watched {
+                    self.sweep_soon(now);
                 }
             }
-            _ => self.handoffs.retain(|h| h.chunk != chunk),
+            // A copy arrived.
+            Some((Response::Stored, _)) => {}
+            _ => {
+                self.handoffs.retain(|h| h.chunk != chunk);
+                self.sweep_soon(now);
+            }
         }
     }
 
-    /// Forgets probes that went unanswered.
+    /// Forgets probes and copies that went unanswered, and sweeps again.
     pub(super) fn expire_probes(&mut self, now: Instant) {
         while let Some(i) = self.probes.iter().position(|p| p.deadline <= now) {
             let p = self.probes.swap_remove(i);
             self.handoffs.retain(|h| h.chunk != p.chunk);
+            self.sweep_soon(now);
         }
     }
 }

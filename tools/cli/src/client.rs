@@ -344,6 +344,9 @@ pub struct Client {
     buf: Vec<u8>,
     refused: bool,
     read_timeout: Option<StdDuration>,
+    /// The contact's file-system settings (chunk size, replicas, read
+    /// quorum), once asked: they hold for the connection.
+    pub fs_info: Option<(u32, u8, u8)>,
 }
 
 impl Client {
@@ -395,6 +398,7 @@ impl Client {
             buf: vec![0; MAX_DATAGRAM],
             refused: false,
             read_timeout: None,
+            fs_info: None,
         };
         let deadline = start + config.timeout;
         let connected = client.wait_for(deadline, |e| match e {

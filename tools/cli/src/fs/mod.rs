@@ -230,6 +230,11 @@ pub struct Info {
 
 /// Asks the contact for its file-system settings.
 pub fn info(client: &mut Client) -> Result<Info> {
+    // Asked once per connection: a put of many small files would otherwise
+    // spend a round trip of each on it.
+    if let Some((chunk_size, n, r)) = client.fs_info {
+        return Ok(Info { chunk_size, n, r });
+    }
     match call(client, Request::FsInfo, Access::Read)?.response {
         Response::FsInfo {
             chunk_size, n, r, ..
@@ -237,6 +242,7 @@ pub fn info(client: &mut Client) -> Result<Info> {
             if !shoal_core::fs::CHUNK_SIZES.contains(&chunk_size) {
                 bail!("the node asks for chunks of {chunk_size} bytes, which this client refuses");
             }
+            client.fs_info = Some((chunk_size, n, r));
             Ok(Info { chunk_size, n, r })
         }
         other => bail!("the node answered FsInfo with {other:?}"),
