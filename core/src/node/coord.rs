@@ -288,8 +288,13 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
             }
             Request::ChunkLoad { id } => self.chunk_load(now, from, req, id, spare),
             Request::ChunkHas { id } => {
-                let has = self.has_chunk(id, spare.aux);
-                self.reply(now, from, req, &Response::Has(has), spare);
+                // A copy counts once it is durable: the asker may delete its
+                // own on the strength of this answer (handoff).
+                if self.has_chunk(id, spare.aux) {
+                    self.hold_answer(now, from, req, true, spare);
+                } else {
+                    self.reply(now, from, req, &Response::Has(false), spare);
+                }
             }
             Request::RecordStore {
                 key,
@@ -353,10 +358,23 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
 
     /// Holds the acknowledgement of a write until the next commit.
     fn hold(&mut self, now: Instant, to: NodeId, req: u64, spare: &mut Spare<'_>) {
+        self.hold_answer(now, to, req, false, spare);
+    }
+
+    /// Holds an answer until the next commit: `Has(true)` when `has`, else
+    /// `Stored`.
+    fn hold_answer(
+        &mut self,
+        now: Instant,
+        to: NodeId,
+        req: u64,
+        has: bool,
+        spare: &mut Spare<'_>,
+    ) {
         if self.held.is_full() {
             self.commit(now, spare);
         }
-        let _ = self.held.push((to, req));
+        let _ = self.held.push((to, req, has));
     }
 
     /// Flushes the store, then acknowledges every held write (or reports
@@ -367,9 +385,14 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
         }
         let result = self.store.flush();
         let held = core::mem::take(&mut self.held);
-        for (to, req) in held {
+        for (to, req, has) in held {
+            let ok = if has {
+                Response::Has(true)
+            } else {
+                Response::Stored
+            };
             match result {
-                Ok(()) => self.reply(now, to, req, &Response::Stored, spare),
+                Ok(()) => self.reply(now, to, req, &ok, spare),
                 Err(e) => self.reply_error(now, to, req, store_error(e), spare),
             }
         }

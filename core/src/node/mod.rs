@@ -257,7 +257,9 @@ struct Engine<
     // The tables below track messages in flight, of which the link holds
     // at most `S`: they are sized by it, so a microcontroller's stay small.
     subs: heapless::Vec<coord::Sub, S>,
-    held: heapless::Vec<(NodeId, u64), S>,
+    /// Answers waiting for the next flush: to whom, the request, and
+    /// whether it is a chunk's `Has(true)` (else a write's `Stored`).
+    held: heapless::Vec<(NodeId, u64, bool), S>,
     // Nodes a coordinator skips (full) or tries last (slow); only a node
     // that coordinates needs them, so they are sized like its operations.
     full: heapless::Vec<(NodeId, Instant), C>,

@@ -284,37 +284,20 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
                 let aux = core::mem::take(&mut spare.aux);
                 let sent = self.link_send(now, probe.node, &aux[..len]);
                 spare.aux = aux;
-                // The copy is watched like a probe: if it cannot go, is
-                // refused or goes unanswered, the sweep runs again.
-                let watched = sent.is_some()
-                    && self
-                        .probes
-                        .push(Probe {
-                            id,
-                            node: probe.node,
-                            chunk,
-                            deadline: now + self.request_timeout,
-                        })
-                        .is_ok();
-                if !watched {
+                // A copy that finds no room is not lost: the sweep runs again.
+                if sent.is_none() {
                     self.sweep_soon(now);
                 }
             }
-            // A copy arrived.
-            Some((Response::Stored, _)) => {}
-            _ => {
-                self.handoffs.retain(|h| h.chunk != chunk);
-                self.sweep_soon(now);
-            }
+            _ => self.handoffs.retain(|h| h.chunk != chunk),
         }
     }
 
-    /// Forgets probes and copies that went unanswered, and sweeps again.
+    /// Forgets probes that went unanswered.
     pub(super) fn expire_probes(&mut self, now: Instant) {
         while let Some(i) = self.probes.iter().position(|p| p.deadline <= now) {
             let p = self.probes.swap_remove(i);
             self.handoffs.retain(|h| h.chunk != p.chunk);
-            self.sweep_soon(now);
         }
     }
 }
