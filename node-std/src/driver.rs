@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use shoal_core::Instant;
 use shoal_core::member::MemberEvent;
-use shoal_core::node::{Event, Node};
+use shoal_core::node::{EVENTS, Event, MAX_MESSAGE, Node};
 use shoal_core::store::Storage;
 use shoal_core::wire::MAX_DATAGRAM;
 use tokio::net::UdpSocket;
@@ -31,8 +31,8 @@ use tracing::{debug, info};
 use crate::status::{MemberView, Snapshot};
 
 /// The node as hosts run it on store `S`: 256 members, 288 link peers,
-/// 512 link slots.
-pub type HostNode<S> = Node<S, 256, 288, 512>;
+/// 1024 link slots, 128 quorum operations coordinated at once.
+pub type HostNode<S> = Node<S, 256, 288, 1024, MAX_MESSAGE, EVENTS, 128>;
 
 /// Most datagrams handled between two store flushes.
 pub const BATCH: usize = 64;
@@ -43,6 +43,24 @@ pub const LEAVE_GRACE: Duration = Duration::from_millis(300);
 /// Room for one received datagram. Larger than [`MAX_DATAGRAM`] so an
 /// oversized one arrives whole enough to be counted as malformed.
 const RECV_BUF: usize = 2048;
+
+/// The socket buffers a node asks for, each way. A host link keeps up to
+/// [`HOST_WINDOW`](shoal_core::node::HOST_WINDOW) fragments in flight per
+/// peer, so a contact taking a client's writes while its replicas answer
+/// receives several windows at once; the default buffer (about 200 KB)
+/// drops the excess, and every drop costs a retransmission timeout.
+pub const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Asks the kernel for [`SOCKET_BUFFER`] bytes of receive and send buffer.
+/// Linux grants at most `net.core.rmem_max` / `wmem_max`; a smaller grant
+/// only costs throughput, so it is logged, not refused.
+pub fn widen_buffers(socket: &std::net::UdpSocket) {
+    use rustix::net::sockopt;
+    let _ = sockopt::set_socket_recv_buffer_size(socket, SOCKET_BUFFER);
+    let _ = sockopt::set_socket_send_buffer_size(socket, SOCKET_BUFFER);
+    let granted = sockopt::socket_recv_buffer_size(socket).unwrap_or(0);
+    debug!(granted, asked = SOCKET_BUFFER, "socket receive buffer");
+}
 
 /// What other tasks may ask of the driver.
 #[derive(Debug)]
@@ -147,15 +165,23 @@ impl<S: Storage> Driver<S> {
     /// queued, then logs its events.
     async fn flush(&mut self) {
         let now = self.now();
+        // Link acks and forwarded requests need not wait for the disk; the
+        // answers a commit releases go out after it.
+        self.transmit(now).await;
         self.node.commit(now);
+        self.transmit(now).await;
+        while let Some(event) = self.node.poll_event() {
+            self.log(event);
+        }
+    }
+
+    /// Sends every datagram the node has queued.
+    async fn transmit(&mut self, now: Instant) {
         while let Some(t) = self.node.poll_transmit(now, &mut self.tx[..]) {
             if let Err(e) = self.socket.send_to(&self.tx[..t.len], t.dst).await {
                 // Lost like any datagram; probes and retransmits cover it.
                 debug!(dst = %t.dst, error = %e, "send failed");
             }
-        }
-        while let Some(event) = self.node.poll_event() {
-            self.log(event);
         }
     }
 

@@ -53,6 +53,7 @@ impl<S: Storage + Send + 'static> Host<S> {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> io::Result<HostHandle<S>> {
         self.socket.set_nonblocking(true)?;
+        crate::driver::widen_buffers(&self.socket);
         if let Some(l) = &self.http {
             l.set_nonblocking(true)?;
         }

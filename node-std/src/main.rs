@@ -15,7 +15,7 @@ use anyhow::{Context, Result, anyhow};
 use clap::Parser;
 use shoal_core::link::LinkConfig;
 use shoal_core::member::{MemberConfig, Profile};
-use shoal_core::node::{DataConfig, HOST_WINDOW, NodeConfig, Role};
+use shoal_core::node::{DataConfig, HOST_QUEUE, HOST_WINDOW, NodeConfig, Role};
 use shoal_core::{Duration, NodeKind};
 use shoal_node::config::Flags;
 use shoal_node::host::Host;
@@ -104,6 +104,7 @@ fn run(flags: &Flags) -> Result<()> {
         member: MemberConfig::default(),
         link: LinkConfig {
             window: HOST_WINDOW,
+            queue: HOST_QUEUE,
             ..LinkConfig::default()
         },
         request_timeout: REQUEST_TIMEOUT,

@@ -16,9 +16,11 @@
 //!   does every other unfinished message to that peer. So a message to a
 //!   peer that stopped answering fails within [`LinkConfig::failure_bound`]
 //!   of its `send`.
-//! - **Window.** At most `window` fragments are unacknowledged per peer, and
-//!   none is sent more than 32 sequence numbers past the oldest unacked one,
-//!   so a sender never overruns a small receiver (an MCU NIC holds ~10 KB).
+//! - **Window.** At most `window` fragments are unacknowledged per peer
+//!   (a node lowers it towards a small receiver: an MCU NIC holds ~10 KB),
+//!   and none is sent [`SPAN`] or more sequence numbers past the oldest
+//!   unacked one, the most a receiver tracks. At most `queue` fragments are
+//!   queued or in flight per peer, so one slow peer cannot take every slot.
 //! - **Bounded memory, no deadlock.** Sending copies a message into `S`
 //!   transmit slots or fails with [`SendError::Full`]. Receiving reserves all
 //!   of a message's slots (out of `S` receive slots) when its first fragment
@@ -58,9 +60,12 @@ use crate::{Duration, Instant, NodeId};
 #[derive(Clone, Copy, Debug)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct LinkConfig {
-    /// Most unacknowledged fragments in flight per peer (at most 32, the
-    /// receiver's span).
+    /// Most unacknowledged fragments in flight per peer (at most [`SPAN`],
+    /// the receiver's span).
     pub window: u16,
+    /// Most fragments queued or in flight per peer (at most `S`, the
+    /// link's slots).
+    pub queue: u16,
     /// Retransmission timeout before any RTT sample.
     pub rto_initial: Duration,
     /// Least retransmission timeout.
@@ -81,6 +86,7 @@ impl Default for LinkConfig {
     fn default() -> Self {
         LinkConfig {
             window: 8,
+            queue: PEER_QUEUE as u16,
             rto_initial: Duration::from_millis(200),
             rto_min: Duration::from_millis(10),
             rto_max: Duration::from_secs(2),
@@ -239,17 +245,23 @@ impl RxMsg {
     }
 }
 
-/// Most fragments queued or in flight to one peer.
+/// Most fragments queued or in flight to one peer, by default
+/// ([`LinkConfig::queue`]).
 pub const PEER_QUEUE: usize = 64;
 
+/// The receiver's span: it takes fragments up to this many sequence numbers
+/// past the first it is missing, and a sender keeps every fragment it sends
+/// within this many of its oldest unacknowledged one.
+pub const SPAN: u32 = 128;
+
 #[derive(Clone, Debug)]
-struct Peer {
+struct Peer<const S: usize> {
     id: NodeId,
     epoch: u64,
     last_active: Instant,
     next_seq: u32,
     /// Transmit slots of this peer's unfinished messages, in sequence order.
-    tx: heapless::Deque<u16, PEER_QUEUE>,
+    tx: heapless::Deque<u16, S>,
     rtt: RttEstimator,
     /// Generation of this node's stream to the peer.
     tx_stream: u16,
@@ -261,7 +273,7 @@ struct Peer {
     rx_stream: Option<u16>,
     rx_next: u32,
     /// Bit `i`: seq `rx_next + i` was received (bit 0 is always clear).
-    rx_bits: u64,
+    rx_bits: u128,
     ack_pending: bool,
     ack_now: bool,
     ack_due: Option<Instant>,
@@ -269,8 +281,8 @@ struct Peer {
     resets: heapless::Vec<(u16, u32), 4>,
 }
 
-impl Peer {
-    fn new(id: NodeId, epoch: u64, now: Instant, rto: Duration, stream: u16, window: u16) -> Peer {
+impl<const S: usize> Peer<S> {
+    fn new(id: NodeId, epoch: u64, now: Instant, rto: Duration, stream: u16, window: u16) -> Self {
         Peer {
             id,
             epoch,
@@ -307,7 +319,7 @@ const EVENTS: usize = 64;
 /// fragment slots.
 pub struct Link<const P: usize, const S: usize> {
     config: LinkConfig,
-    peers: heapless::Vec<Peer, P>,
+    peers: heapless::Vec<Peer<S>, P>,
     tx: [Option<TxSlot>; S],
     tx_free: heapless::Vec<u16, S>,
     tx_data: [[u8; FRAGMENT]; S],
@@ -368,7 +380,7 @@ impl<const P: usize, const S: usize> Link<P, S> {
     /// Lowers (or restores) the window to `peer`, at most the configured
     /// one: a microcontroller takes a few fragments at a time, a host many.
     pub fn set_window(&mut self, peer: NodeId, window: u16) {
-        let w = window.clamp(1, self.config.window);
+        let w = window.clamp(1, self.config.window.min(SPAN as u16));
         if let Some(p) = self.peers.iter_mut().find(|p| p.id == peer) {
             p.window = w;
         }
@@ -410,7 +422,7 @@ impl<const P: usize, const S: usize> Link<P, S> {
         })
     }
 
-    fn slots<'a>(&'a self, p: &'a Peer) -> impl Iterator<Item = &'a TxSlot> + 'a {
+    fn slots<'a>(&'a self, p: &'a Peer<S>) -> impl Iterator<Item = &'a TxSlot> + 'a {
         p.tx.iter()
             .filter_map(|&i| self.tx.get(usize::from(i))?.as_ref())
     }
@@ -437,7 +449,8 @@ impl<const P: usize, const S: usize> Link<P, S> {
         let p = self
             .peer_index(now, peer, peer_epoch)
             .ok_or(SendError::PeerTableFull)?;
-        if self.peers[p].tx.len() + count > PEER_QUEUE {
+        let queue = usize::from(self.config.queue).min(S);
+        if self.peers[p].tx.len() + count > queue {
             return Err(SendError::Full);
         }
         let id = MessageId(self.next_msg);
@@ -483,7 +496,7 @@ impl<const P: usize, const S: usize> Link<P, S> {
     /// Fails and frees every unfinished message to peer `p`.
     fn fail_all(&mut self, p: usize, reason: FailReason) {
         let peer = self.peers[p].id;
-        let mut failed: heapless::Vec<MessageId, PEER_QUEUE> = heapless::Vec::new();
+        let mut failed: heapless::Vec<MessageId, S> = heapless::Vec::new();
         for t in self.slots(&self.peers[p]) {
             if !failed.contains(&t.msg) {
                 let _ = failed.push(t.msg);
@@ -644,14 +657,15 @@ impl<const P: usize, const S: usize> Link<P, S> {
             return Some(i);
         }
         let stream = self.take_stream();
-        let window = self.config.window;
+        let window = self.config.window.clamp(1, SPAN as u16);
         let fresh = Peer::new(peer, epoch, now, self.config.rto_initial, stream, window);
         if self.peers.is_full() {
             // Forget the least recently active peer with nothing in flight.
             // Best is one quiet for longer than any retransmission could
             // last, so no frame of its old stream can still arrive; a peer
             // that went quiet more recently is taken only when none is.
-            let idle = |p: &Peer| p.tx.is_empty() && !self.rx_msgs.iter().any(|m| m.peer == p.id);
+            let idle =
+                |p: &Peer<S>| p.tx.is_empty() && !self.rx_msgs.iter().any(|m| m.peer == p.id);
             let quiet = self.config.failure_bound();
             let victim = (0..self.peers.len())
                 .filter(|&i| idle(&self.peers[i]))
@@ -735,7 +749,6 @@ impl<const P: usize, const S: usize> Link<P, S> {
             return; // about a stream that was since restarted
         }
         self.peers[p].opening = false;
-        let peer = self.peers[p].id;
         let (min, max) = (self.config.rto_min, self.config.rto_max);
         let mut highest_sacked: Option<u32> = None;
         let mut newly_acked = false;
@@ -783,19 +796,62 @@ impl<const P: usize, const S: usize> Link<P, S> {
         if !newly_acked {
             return;
         }
-        // Messages whose every fragment is acknowledged are delivered.
+        self.deliver_acked(p);
+    }
+
+    /// Frees and reports as delivered every message to peer `p` whose
+    /// fragments are all acknowledged, in one pass over its queue (a
+    /// message's fragments sit next to each other there, in order).
+    fn deliver_acked(&mut self, p: usize) {
+        let peer = self.peers[p].id;
+        let mut queue = core::mem::replace(&mut self.peers[p].tx, heapless::Deque::new());
+        let mut kept: heapless::Deque<u16, S> = heapless::Deque::new();
+        let mut group: heapless::Vec<u16, MAX_FRAGMENTS> = heapless::Vec::new();
         loop {
-            let pe = &self.peers[p];
-            let done = self
-                .slots(pe)
-                .find(|t| t.acked && self.slots(pe).filter(|u| u.msg == t.msg).all(|u| u.acked));
-            let Some(&TxSlot { msg, .. }) = done else {
-                break;
+            let next = queue.pop_front();
+            let msg_of = |i: u16| {
+                self.tx
+                    .get(usize::from(i))
+                    .copied()
+                    .flatten()
+                    .map(|t| t.msg)
             };
-            self.free_message(p, msg);
-            self.stats.delivered += 1;
-            self.event(LinkEvent::Delivered { peer, id: msg });
+            let ends = match (group.first(), next) {
+                (Some(&g), Some(n)) => msg_of(g) != msg_of(n),
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if ends {
+                let slot = |i: &u16| self.tx.get(usize::from(*i)).copied().flatten();
+                let whole = slot(&group[0]).map(|t| (t.msg, usize::from(t.count)));
+                let acked = group.iter().all(|i| slot(i).is_some_and(|t| t.acked));
+                match whole {
+                    Some((msg, count)) if acked && count == group.len() => {
+                        for &i in &group {
+                            self.tx[usize::from(i)] = None;
+                            let _ = self.tx_free.push(i);
+                        }
+                        self.stats.delivered += 1;
+                        self.event(LinkEvent::Delivered { peer, id: msg });
+                    }
+                    _ => {
+                        for &i in &group {
+                            let _ = kept.push_back(i);
+                        }
+                    }
+                }
+                group.clear();
+            }
+            match next {
+                Some(i) => {
+                    // A message has at most MAX_FRAGMENTS fragments, so the
+                    // group always has room.
+                    let _ = group.push(i);
+                }
+                None => break,
+            }
         }
+        self.peers[p].tx = kept;
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -834,12 +890,12 @@ impl<const P: usize, const S: usize> Link<P, S> {
             }
         }
         let off = seq.wrapping_sub(self.peers[p].rx_next);
-        if off > u32::MAX / 2 || (off < 64 && self.peers[p].rx_bits & (1 << off) != 0) {
+        if off > u32::MAX / 2 || (off < SPAN && self.peers[p].rx_bits & (1 << off) != 0) {
             self.stats.duplicates += 1;
             self.schedule_ack(now, p, true);
             return;
         }
-        if off >= 64 || payload.len() > FRAGMENT {
+        if off >= SPAN || payload.len() > FRAGMENT {
             self.stats.out_of_window += 1;
             self.schedule_ack(now, p, true);
             return;
@@ -994,7 +1050,7 @@ impl<const P: usize, const S: usize> Link<P, S> {
             }
             if let (Some((i, seq)), Some(base)) = (first_unsent, base)
                 && in_flight < window
-                && seq.wrapping_sub(base) < 32
+                && seq.wrapping_sub(base) < SPAN
             {
                 self.turn = (p + 1) % n;
                 return Some((p, i));

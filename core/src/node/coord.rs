@@ -223,6 +223,10 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
                     .collect();
                 ranked.retain(|n| !slow.contains(n));
                 let _ = ranked.extend_from_slice(&slow);
+                // A copy held here costs no hop: try it first.
+                if let Some(i) = ranked.iter().position(|n| *n == self.id) {
+                    ranked[..=i].rotate_right(1);
+                }
                 let kind = Kind::ChunkRead {
                     id,
                     n: usize::from(q.n),

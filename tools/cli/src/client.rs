@@ -25,8 +25,8 @@ use std::time::{Duration as StdDuration, Instant as StdInstant};
 use shoal_core::link::LinkConfig;
 use shoal_core::member::{MemberConfig, Profile, Record};
 use shoal_core::node::{
-    CommandError, Event, HOST_WINDOW, Node, NodeConfig, OpFailure, OpId, RemoteError, Request,
-    Response, Role,
+    CommandError, Event, HOST_QUEUE, HOST_WINDOW, Node, NodeConfig, OpFailure, OpId, RemoteError,
+    Request, Response, Role,
 };
 use shoal_core::store::RamStore;
 use shoal_core::wire::{ClusterKey, MAX_DATAGRAM};
@@ -34,7 +34,11 @@ use shoal_core::{Duration, Instant, NodeId, NodeKind, Pool, PoolSet};
 
 /// The client's node: a few member entries (it tracks none), a few link
 /// peers (it talks to one), and link slots for many requests in flight.
-pub type ClientNode = Node<RamStore<0, 0>, 8, 8, 64>;
+pub type ClientNode = Node<RamStore<0, 0>, 8, 8, 512>;
+
+/// The socket buffers a client asks for, each way (Linux grants at most
+/// `net.core.rmem_max` / `wmem_max`).
+const SOCKET_BUFFER: usize = 4 << 20;
 
 /// Most requests one client keeps in flight (the core's operation table).
 pub const MAX_IN_FLIGHT: usize = 64;
@@ -358,6 +362,10 @@ impl Client {
         };
         let socket = UdpSocket::bind(local)?;
         socket.connect(config.contact)?;
+        // The contact streams up to a link window of answers at once (a get
+        // is chunk after chunk); the default buffer would drop some.
+        let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&socket, SOCKET_BUFFER);
+        let _ = rustix::net::sockopt::set_socket_send_buffer_size(&socket, SOCKET_BUFFER);
         let start = StdInstant::now();
         let node_config = NodeConfig {
             id: fresh_id()?,
@@ -377,6 +385,7 @@ impl Client {
             member: MemberConfig::default(),
             link: LinkConfig {
                 window: HOST_WINDOW,
+                queue: HOST_QUEUE,
                 ..LinkConfig::default()
             },
             request_timeout: core_duration(config.timeout),

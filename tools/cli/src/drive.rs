@@ -9,25 +9,29 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
-use shoal_core::link::{FRAGMENT, PEER_QUEUE};
+use shoal_core::link::FRAGMENT;
+use shoal_core::node::HOST_QUEUE;
 use shoal_core::node::{OpFailure, RemoteError, Request};
 
 use crate::client::{Client, Reply, Requests};
 
-/// Requests a command keeps in flight: the coordinator runs up to 32
-/// quorum operations at once, and each ChunkWrite or ChunkRead holds one.
-pub const WINDOW: usize = 32;
+/// Requests a command keeps in flight: the client's operation table holds
+/// 64, and a host coordinates up to 128 quorum operations at once (each
+/// ChunkWrite or ChunkRead holds one), so two clients at full window fit.
+pub const WINDOW: usize = 64;
 
 /// Requests in flight for chunks of `chunk_size` bytes: at most
 /// [`WINDOW`], and few enough that their messages fit the link's queue to
-/// one peer ([`PEER_QUEUE`] fragments) with room to spare. A node drops an
+/// one peer ([`HOST_QUEUE`] fragments) with room to spare. A node drops an
 /// answer that does not fit its queue to the client (the request then
 /// times out), and the contact's queue to each replica carries the chunks
 /// it stores there.
 pub fn chunk_window(chunk_size: u32) -> usize {
     // A chunk's envelope adds a few dozen bytes.
     let fragments = (chunk_size as usize + 64).div_ceil(FRAGMENT);
-    (PEER_QUEUE / fragments).saturating_sub(2).clamp(1, WINDOW)
+    (usize::from(HOST_QUEUE) / fragments)
+        .saturating_sub(2)
+        .clamp(1, WINDOW)
 }
 
 /// Tries per job, the first included.
@@ -231,7 +235,10 @@ mod tests {
         for size in shoal_core::fs::CHUNK_SIZES.step_by(512) {
             let w = chunk_window(size);
             let fragments = (size as usize + 64).div_ceil(FRAGMENT);
-            assert!(w >= 1 && w * fragments <= PEER_QUEUE, "{size}: {w}");
+            assert!(
+                w >= 1 && w * fragments <= usize::from(HOST_QUEUE),
+                "{size}: {w}"
+            );
         }
     }
 }
