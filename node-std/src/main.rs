@@ -15,7 +15,7 @@ use anyhow::{Context, Result, anyhow};
 use clap::Parser;
 use shoal_core::link::LinkConfig;
 use shoal_core::member::{MemberConfig, Profile};
-use shoal_core::node::{DataConfig, HOST_QUEUE, HOST_WINDOW, NodeConfig, Role};
+use shoal_core::node::{DataConfig, NodeConfig, Role};
 use shoal_core::{Duration, NodeKind};
 use shoal_node::config::Flags;
 use shoal_node::host::Host;
@@ -102,11 +102,7 @@ fn run(flags: &Flags) -> Result<()> {
         },
         role: Role::Member,
         member: MemberConfig::default(),
-        link: LinkConfig {
-            window: HOST_WINDOW,
-            queue: HOST_QUEUE,
-            ..LinkConfig::default()
-        },
+        link: LinkConfig::host(),
         request_timeout: REQUEST_TIMEOUT,
         data: DataConfig {
             quorum: settings.quorum,

@@ -10,9 +10,9 @@ use shoal_core::fs::{
     entry_key, file_key,
 };
 use shoal_core::node::{Event, OpFailure, OpId, RemoteError, Request, Response};
-use shoal_core::repl::{Hlc, MAX_STORE_KEY};
+use shoal_core::repl::{Hlc, HlcClock, MAX_STORE_KEY};
 use shoal_core::rng::Rng;
-use shoal_core::{Duration, Instant};
+use shoal_core::{Duration, Instant, NodeId};
 
 use crate::sim::{SimConfig, World};
 
@@ -94,6 +94,8 @@ pub struct Task {
     kind: TaskKind,
     retries: u32,
     last: Option<Ask>,
+    /// The client running it: the tiebreak of the versions it numbers.
+    writer: NodeId,
 }
 
 #[derive(Debug)]
@@ -172,6 +174,7 @@ impl Task {
             },
             retries: 0,
             last: None,
+            writer: NodeId(0),
         }
     }
 
@@ -187,6 +190,7 @@ impl Task {
             },
             retries: 0,
             last: None,
+            writer: NodeId(0),
         }
     }
 
@@ -199,6 +203,7 @@ impl Task {
             },
             retries: 0,
             last: None,
+            writer: NodeId(0),
         }
     }
 
@@ -290,10 +295,15 @@ impl Task {
                 *stage = PutStage::Meta;
                 let mut buf = [0u8; 256];
                 let value = meta.encode(&mut buf).expect("fits").to_vec();
+                // The client numbers the version itself, after the one it
+                // read, as `shoal fs put` does, and writes the file record
+                // and then its entry under it.
+                let mut clock = HlcClock::new(self.writer);
+                clock.observe(after);
                 Ok(Ask::RecordWrite {
                     key: file_key_of(&path),
-                    after,
-                    exact: false,
+                    after: clock.now(meta.mtime_ms),
+                    exact: true,
                     tombstone: false,
                     value,
                 })
@@ -406,6 +416,7 @@ impl Client {
     /// Starts `task`; fails at once if the node refuses the command.
     pub fn begin(&mut self, w: &mut World, mut task: Task) -> Option<Outcome> {
         self.seen = w.machines[self.machine].events.len();
+        task.writer = crate::sim::id_of(self.machine);
         let ask = match task.start() {
             Ok(a) => a,
             Err(o) => return Some(o),

@@ -187,7 +187,7 @@ impl World {
             profile: profile(i),
             role: Role::Member,
             member: MemberConfig::default(),
-            link: LinkConfig::default(),
+            link: LinkConfig::host(),
             request_timeout: Duration::from_secs(5),
             data: self.data,
         }

@@ -3,6 +3,8 @@
 //! ```text
 //! data   0  kind = 0
 //!        1  flags      u8   bit 0: opening (the sender has had no ack on this stream yet)
+//!                           bit 1: the ack fields below are valid
+//!                           bit 2: ack now (the sender has nothing more to send for now)
 //!        2  stream     u16  the sender's stream generation
 //!        4  seq        u32  this fragment's sequence number
 //!        8  index      u16  fragment index within its message
@@ -54,6 +56,9 @@ pub enum Frame<'a> {
         /// The sender has had no ack on this stream yet: a receiver without
         /// state for it may open it.
         opening: bool,
+        /// Acknowledge at once rather than after several frames: the
+        /// sender has nothing more to send for now (or is resending).
+        ack_now: bool,
         /// The sender's stream generation.
         stream: u16,
         /// Its sequence number.
@@ -88,6 +93,7 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
 
 const FLAG_OPENING: u8 = 1;
 const FLAG_ACK: u8 = 2;
+const FLAG_ACK_NOW: u8 = 4;
 
 impl<'a> Frame<'a> {
     /// Parses a frame, checking every length and field range.
@@ -101,7 +107,7 @@ impl<'a> Frame<'a> {
                 let count = u16_at(b, 10)?;
                 let index = u16_at(b, 8)?;
                 let payload = b.get(DATA_HEADER..)?;
-                if flags & !(FLAG_OPENING | FLAG_ACK) != 0
+                if flags & !(FLAG_OPENING | FLAG_ACK | FLAG_ACK_NOW) != 0
                     || count == 0
                     || usize::from(count) > MAX_FRAGMENTS
                     || index >= count
@@ -115,6 +121,7 @@ impl<'a> Frame<'a> {
                 };
                 Some(Frame::Data {
                     opening: flags & FLAG_OPENING != 0,
+                    ack_now: flags & FLAG_ACK_NOW != 0,
                     stream: u16_at(b, 2)?,
                     seq: u32_at(b, 4)?,
                     index,
@@ -153,6 +160,7 @@ impl<'a> Frame<'a> {
         match self {
             Frame::Data {
                 opening,
+                ack_now,
                 stream,
                 seq,
                 index,
@@ -162,7 +170,9 @@ impl<'a> Frame<'a> {
             } => {
                 let a = ack.unwrap_or_default();
                 out[0] = 0;
-                out[1] = u8::from(*opening) * FLAG_OPENING + u8::from(ack.is_some()) * FLAG_ACK;
+                out[1] = u8::from(*opening) * FLAG_OPENING
+                    + u8::from(ack.is_some()) * FLAG_ACK
+                    + u8::from(*ack_now) * FLAG_ACK_NOW;
                 out[2..4].copy_from_slice(&stream.to_le_bytes());
                 out[4..8].copy_from_slice(&seq.to_le_bytes());
                 out[8..10].copy_from_slice(&index.to_le_bytes());
@@ -197,6 +207,7 @@ mod tests {
         let mut buf = [0u8; MAX_FRAME];
         let data = Frame::Data {
             opening: true,
+            ack_now: true,
             stream: 3,
             seq: 0x0102_0304,
             index: 1,
@@ -212,7 +223,7 @@ mod tests {
         assert_eq!(
             &buf[..n],
             &[
-                0, 3, 3, 0, 4, 3, 2, 1, 1, 0, 2, 0, 5, 0, 7, 0, 0, 0, 5, 0, 0, 0, b'a', b'b'
+                0, 7, 3, 0, 4, 3, 2, 1, 1, 0, 2, 0, 5, 0, 7, 0, 0, 0, 5, 0, 0, 0, b'a', b'b'
             ]
         );
         assert_eq!(Frame::parse(&buf[..n]), Some(data));

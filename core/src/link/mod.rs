@@ -7,7 +7,10 @@
 //!   direction.
 //! - **Acks.** The receiver acknowledges cumulatively plus a 32-bit selective
 //!   ack, piggybacked on data frames or sent alone: at once for out-of-order
-//!   and duplicate frames, otherwise after two frames or `ack_delay`.
+//!   and duplicate frames and for frames marked *ack now*, otherwise after
+//!   `ack_every` frames or `ack_delay`. A sender marks the last fragment it
+//!   has to send for now, and every retransmission, so a burst's tail is
+//!   never left waiting for the delay.
 //! - **Retransmission.** Each fragment has a timer from an RFC 6298 estimate
 //!   (Karn's rule: no samples from retransmitted fragments), doubled on every
 //!   retransmission up to `rto_max`; three later fragments acknowledged
@@ -76,6 +79,8 @@ pub struct LinkConfig {
     pub max_retransmits: u8,
     /// Longest a receiver delays an acknowledgement.
     pub ack_delay: Duration,
+    /// Frames a receiver takes before it acknowledges them (at least 1).
+    pub ack_every: u8,
     /// Largest message accepted by `send` (at most `MAX_FRAGMENTS × FRAGMENT`).
     pub max_message: usize,
 }
@@ -92,12 +97,34 @@ impl Default for LinkConfig {
             rto_max: Duration::from_secs(2),
             max_retransmits: 6,
             ack_delay: Duration::from_millis(5),
+            ack_every: 2,
             max_message: 16 * 1024,
         }
     }
 }
 
+/// The link window hosts use with each other (and clients with hosts):
+/// the receiver's whole span, so a host-to-host link is not bound by round
+/// trips below about 140 KB in flight.
+pub const HOST_WINDOW: u16 = SPAN as u16;
+/// The link queue hosts keep per peer (and clients with hosts): two windows.
+pub const HOST_QUEUE: u16 = 2 * HOST_WINDOW;
+
 impl LinkConfig {
+    /// The settings hosts use (and clients talking to hosts): the whole
+    /// span in flight, [`HOST_QUEUE`] fragments queued per peer, and an ack
+    /// every 8 frames, since a wide window needs no prompt acks to keep
+    /// flowing and every ack is a sealed datagram each way. A node lowers
+    /// the window towards a microcontroller (see `node::MCU_WINDOW`).
+    pub fn host() -> Self {
+        LinkConfig {
+            window: HOST_WINDOW,
+            queue: HOST_QUEUE,
+            ack_every: 8,
+            ..LinkConfig::default()
+        }
+    }
+
     /// The longest a message to a silent peer can wait, from `send` until
     /// [`LinkEvent::Failed`]: the sum of every backed-off timeout,
     /// `Σ_{i=0..=max_retransmits} min(rto_max, max(rto_initial, rto_max) · 2^i)`
@@ -531,6 +558,7 @@ impl<const P: usize, const S: usize> Link<P, S> {
         match frame {
             Frame::Data {
                 opening,
+                ack_now,
                 stream,
                 seq,
                 index,
@@ -542,6 +570,10 @@ impl<const P: usize, const S: usize> Link<P, S> {
                     self.on_ack(now, p, ack);
                 }
                 self.on_data(now, p, (opening, stream), seq, index, count, payload);
+                if ack_now {
+                    let pe = &mut self.peers[p];
+                    pe.ack_now |= pe.ack_pending;
+                }
             }
             Frame::Ack(ack) => self.on_ack(now, p, ack),
             Frame::Reset { stream, seq } => {
@@ -952,7 +984,7 @@ impl<const P: usize, const S: usize> Link<P, S> {
         let pe = &mut self.peers[p];
         pe.ack_pending = true;
         pe.rx_since_ack = pe.rx_since_ack.saturating_add(1);
-        pe.ack_now |= immediate || pe.rx_since_ack >= 2;
+        pe.ack_now |= immediate || pe.rx_since_ack >= self.config.ack_every.max(1);
         if pe.ack_due.is_none() {
             pe.ack_due = Some(now + delay);
         }
@@ -969,10 +1001,11 @@ impl<const P: usize, const S: usize> Link<P, S> {
     }
 
     fn poll_data(&mut self, now: Instant, buf: &mut [u8]) -> Option<(NodeId, usize)> {
-        let (p, i) = self.next_fragment(now)?;
+        let (p, i, more) = self.next_fragment(now)?;
         let t = self.tx[i]?;
         let frame = Frame::Data {
             opening: self.peers[p].opening,
+            ack_now: !more || t.sent_at.is_some(),
             stream: self.peers[p].tx_stream,
             seq: t.seq,
             index: t.index,
@@ -1008,8 +1041,9 @@ impl<const P: usize, const S: usize> Link<P, S> {
 
     /// The fragment to send next: a due retransmission (earliest deadline
     /// first), else the first unsent fragment of a peer whose window has room,
-    /// peers taken in turn. Returns (peer index, slot).
-    fn next_fragment(&mut self, now: Instant) -> Option<(usize, usize)> {
+    /// peers taken in turn. Returns (peer index, slot, whether another new
+    /// fragment to that peer could follow it now).
+    fn next_fragment(&mut self, now: Instant) -> Option<(usize, usize, bool)> {
         let max = self.config.max_retransmits;
         let mut due: Option<(usize, usize, Instant)> = None;
         for (p, pe) in self.peers.iter().enumerate() {
@@ -1024,7 +1058,7 @@ impl<const P: usize, const S: usize> Link<P, S> {
             }
         }
         if let Some((p, i, _)) = due {
-            return Some((p, i));
+            return Some((p, i, false));
         }
         let n = self.peers.len();
         for k in 0..n {
@@ -1034,6 +1068,7 @@ impl<const P: usize, const S: usize> Link<P, S> {
             let mut in_flight = 0;
             let mut base = None;
             let mut first_unsent = None;
+            let mut second_unsent = None;
             for &i in pe.tx.iter() {
                 let Some(t) = self.tx.get(usize::from(i)).and_then(Option::as_ref) else {
                     continue;
@@ -1046,6 +1081,8 @@ impl<const P: usize, const S: usize> Link<P, S> {
                     in_flight += 1;
                 } else if first_unsent.is_none() {
                     first_unsent = Some((usize::from(i), t.seq));
+                } else if second_unsent.is_none() {
+                    second_unsent = Some(t.seq);
                 }
             }
             if let (Some((i, seq)), Some(base)) = (first_unsent, base)
@@ -1053,7 +1090,9 @@ impl<const P: usize, const S: usize> Link<P, S> {
                 && seq.wrapping_sub(base) < SPAN
             {
                 self.turn = (p + 1) % n;
-                return Some((p, i));
+                let more = second_unsent
+                    .is_some_and(|s| in_flight + 1 < window && s.wrapping_sub(base) < SPAN);
+                return Some((p, i, more));
             }
         }
         None

@@ -58,12 +58,7 @@ pub const MAX_MESSAGE: usize = 16 * 1024;
 pub const EVENTS: usize = 16;
 /// The link window this node uses towards a microcontroller peer.
 pub const MCU_WINDOW: u16 = 8;
-/// The link window hosts use with each other (and clients with hosts):
-/// the receiver's whole span, so a host-to-host link is not bound by round
-/// trips below about 140 KB in flight.
-pub const HOST_WINDOW: u16 = crate::link::SPAN as u16;
-/// The link queue hosts keep per peer (and clients with hosts): two windows.
-pub const HOST_QUEUE: u16 = 2 * HOST_WINDOW;
+pub use crate::link::{HOST_QUEUE, HOST_WINDOW};
 /// Most forwarding hops a key-addressed request takes before the node it
 /// reaches serves it regardless (views can briefly disagree).
 pub const MAX_HOPS: u8 = 3;

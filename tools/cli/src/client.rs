@@ -20,14 +20,14 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::time::{Duration as StdDuration, Instant as StdInstant};
+use std::time::{Duration as StdDuration, Instant as StdInstant, SystemTime, UNIX_EPOCH};
 
 use shoal_core::link::LinkConfig;
 use shoal_core::member::{MemberConfig, Profile, Record};
 use shoal_core::node::{
-    CommandError, Event, HOST_QUEUE, HOST_WINDOW, Node, NodeConfig, OpFailure, OpId, RemoteError,
-    Request, Response, Role,
+    CommandError, Event, Node, NodeConfig, OpFailure, OpId, RemoteError, Request, Response, Role,
 };
+use shoal_core::repl::{Hlc, HlcClock};
 use shoal_core::store::RamStore;
 use shoal_core::wire::{ClusterKey, MAX_DATAGRAM};
 use shoal_core::{Duration, Instant, NodeId, NodeKind, Pool, PoolSet};
@@ -351,6 +351,8 @@ pub struct Client {
     /// The contact's file-system settings (chunk size, replicas, read
     /// quorum), once asked: they hold for the connection.
     pub fs_info: Option<(u32, u8, u8)>,
+    /// Versions for the writes this client numbers itself.
+    hlc: HlcClock,
 }
 
 impl Client {
@@ -367,8 +369,9 @@ impl Client {
         let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&socket, SOCKET_BUFFER);
         let _ = rustix::net::sockopt::set_socket_send_buffer_size(&socket, SOCKET_BUFFER);
         let start = StdInstant::now();
+        let node_id = fresh_id()?;
         let node_config = NodeConfig {
-            id: fresh_id()?,
+            id: node_id,
             epoch: 1,
             key: config.key.clone(),
             profile: Profile {
@@ -383,11 +386,7 @@ impl Client {
                 contact: config.contact,
             },
             member: MemberConfig::default(),
-            link: LinkConfig {
-                window: HOST_WINDOW,
-                queue: HOST_QUEUE,
-                ..LinkConfig::default()
-            },
+            link: LinkConfig::host(),
             request_timeout: core_duration(config.timeout),
             data: Default::default(),
         };
@@ -408,6 +407,7 @@ impl Client {
             refused: false,
             read_timeout: None,
             fs_info: None,
+            hlc: HlcClock::new(node_id),
         };
         let deadline = start + config.timeout;
         let connected = client.wait_for(deadline, |e| match e {
@@ -426,6 +426,20 @@ impl Client {
                 auth_failed: client.node.stats().drops.authentication > 0,
             }),
         }
+    }
+
+    /// A version for writes this client numbers itself (a file record and
+    /// its directory entry, written at once under one version): later than
+    /// every version in `seen` and every one it issued before, whatever
+    /// the clocks say, with this client's id as the tiebreak.
+    pub fn version_after(&mut self, seen: impl IntoIterator<Item = Hlc>) -> Hlc {
+        for v in seen {
+            self.hlc.observe(v);
+        }
+        let wall_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.hlc.now(wall_ms)
     }
 
     /// The contact node's id.

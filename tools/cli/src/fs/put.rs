@@ -13,8 +13,8 @@ use shoal_core::node::{OpFailure, Request, Response};
 use shoal_core::repl::Hlc;
 
 use super::{
-    Record, Remote, ancestors, entry_key, file_key, human, info, now_ms, progress, read_records,
-    system_ms, write_record, write_records,
+    Record, Remote, ancestors, entry_key, file_key, human, info, now_ms, progress, system_ms,
+    write_records,
 };
 use crate::client::{Client, ClientConfig, Reply};
 use crate::drive::{Access, Work, chunk_window, drive, explain};
@@ -83,14 +83,13 @@ pub fn put_from(client: &mut Client, source: Source, remote: &Remote) -> Result<
         .ok_or_else(|| anyhow!("invalid path \"/\": {}", PathError::Root))?;
     let up = ancestors(remote.path());
     let info = info(client)?;
-    // The version the file has now: the new one is written after it, so
-    // puts from different clients order as they happened even when the
-    // nodes' clocks disagree.
-    let current = check_put_target(client, remote, dir, name, &up)?;
 
     let bar = progress(source.len, &format!("put {remote}"));
     let mtime_ms = source.mtime_ms;
+    let window = chunk_window(info.chunk_size);
     let mut work = PutWork {
+        target: Target::new(remote, dir, name, &up)?,
+        window,
         input: source.input,
         source: &source.name,
         chunk_size: info.chunk_size as usize,
@@ -101,8 +100,16 @@ pub fn put_from(client: &mut Client, source: Source, remote: &Remote) -> Result<
         size: 0,
         bar: bar.clone(),
     };
-    drive(client, &mut work, chunk_window(info.chunk_size))
-        .with_context(|| format!("cannot put {remote} (nothing was changed)"))?;
+    let driven = drive(client, &mut work, window);
+    if let Some(refusal) = work.target.refusal.take() {
+        return Err(refusal);
+    }
+    driven.with_context(|| format!("cannot put {remote} (nothing was changed)"))?;
+    work.target.verdict()?;
+    // The new version follows every version the target's records have now
+    // (the file's above all), so puts from different clients order as they
+    // happened even when the clocks disagree.
+    let version = client.version_after(work.target.records.iter().flatten().map(|r| r.version));
     let (root, depth) = work.root.unwrap_or((None, 0));
     let meta = FileMeta {
         size: work.size,
@@ -117,25 +124,15 @@ pub fn put_from(client: &mut Client, source: Source, remote: &Remote) -> Result<
     }
     bar.finish_and_clear();
 
-    // The commit point: the file record.
-    let mut value = [0u8; 128];
-    let value = meta
-        .encode(&mut value)
+    // The commit point: the file record, and its entry under the same
+    // version, with the entries of the directories above it, all at once.
+    // Under one version the file and its entry order the same against
+    // every other put or remove, so `ls` and `get` agree however they race.
+    let mut file_value = [0u8; 128];
+    let file_value = meta
+        .encode(&mut file_value)
         .ok_or_else(|| anyhow!("the file record does not encode"))?;
-    let key = file_key(remote.path())?;
-    let version = write_record(
-        client,
-        Request::RecordWrite {
-            key: &key,
-            after: current,
-            exact: false,
-            tombstone: false,
-            value,
-        },
-    )
-    .with_context(|| format!("cannot put {remote}"))?;
-
-    // Its entry, under the same version, then the directories above it.
+    let file = file_key(remote.path())?;
     let entry = DirEntry {
         kind: EntryKind::File,
         size: meta.size,
@@ -159,14 +156,22 @@ pub fn put_from(client: &mut Client, source: Source, remote: &Remote) -> Result<
         .iter()
         .map(|(parent, name, _)| entry_key(*parent, name))
         .collect::<Result<Vec<_>>>()?;
-    // The file's entry and its directories' entries at once.
-    let mut writes = vec![Request::RecordWrite {
-        key: &key,
-        after: version,
-        exact: true,
-        tombstone: false,
-        value,
-    }];
+    let mut writes = vec![
+        Request::RecordWrite {
+            key: &file,
+            after: version,
+            exact: true,
+            tombstone: false,
+            value: file_value,
+        },
+        Request::RecordWrite {
+            key: &key,
+            after: version,
+            exact: true,
+            tombstone: false,
+            value,
+        },
+    ];
     writes.extend(keys.iter().map(|key| Request::RecordWrite {
         key,
         after: Hlc::ZERO,
@@ -175,45 +180,87 @@ pub fn put_from(client: &mut Client, source: Source, remote: &Remote) -> Result<
         value: dir_value,
     }));
     write_records(client, &writes).with_context(|| {
-        format!(
-            "wrote {remote} but could not list it in {}; put it again",
-            dir.as_str()
-        )
+        format!("cannot put {remote} (it may be partly written: put it again, or remove it)")
     })?;
     Ok(meta)
 }
 
-/// Refuses a put over a directory, or below a file; the file record's
-/// current version otherwise.
-fn check_put_target(
-    client: &mut Client,
-    remote: &Remote,
-    dir: FsPath<'_>,
-    name: &str,
-    up: &[(FsPath<'_>, &str, FsPath<'_>)],
-) -> Result<Hlc> {
-    let mut keys = vec![file_key(remote.path())?, entry_key(dir, name)?];
-    for (parent, name, _) in up {
-        keys.push(entry_key(*parent, name)?);
-    }
-    let records = read_records(client, &keys)?;
-    let kind = |r: &Record| {
-        r.live()
-            .then(|| DirEntry::decode(&r.value).map(|e| e.kind))
-            .flatten()
-    };
-    if kind(&records[1]) == Some(EntryKind::Dir) {
-        bail!("cannot put {remote}: it is a directory");
-    }
-    for ((_, _, path), r) in up.iter().zip(&records[2..]) {
-        if kind(r) == Some(EntryKind::File) {
-            bail!("cannot put {remote}: {} is a file", path.as_str());
+/// What a put checks before it commits: the file record (its version is
+/// the one to write after), the file's directory entry (a directory there
+/// refuses the put) and the entries of the directories above it (a file
+/// there refuses it). The reads go out with the first chunks, not before
+/// them, so a small put costs one round trip less.
+struct Target {
+    /// The file, for messages.
+    remote: String,
+    /// The directories above it, innermost first, for messages.
+    up: Vec<String>,
+    keys: Vec<Vec<u8>>,
+    /// Reads sent so far.
+    sent: usize,
+    /// Their answers, by key.
+    records: Vec<Option<Record>>,
+    /// Why the put is refused, once the answers say so.
+    refusal: Option<anyhow::Error>,
+}
+
+impl Target {
+    fn new(
+        remote: &Remote,
+        dir: FsPath<'_>,
+        name: &str,
+        up: &[(FsPath<'_>, &str, FsPath<'_>)],
+    ) -> Result<Target> {
+        let mut keys = vec![file_key(remote.path())?, entry_key(dir, name)?];
+        for (parent, name, _) in up {
+            keys.push(entry_key(*parent, name)?);
         }
+        let records = vec![None; keys.len()];
+        Ok(Target {
+            remote: remote.to_string(),
+            up: up.iter().map(|(_, _, p)| p.as_str().to_string()).collect(),
+            keys,
+            sent: 0,
+            records,
+            refusal: None,
+        })
     }
-    Ok(records[0].version)
+
+    /// Every read answered.
+    fn known(&self) -> bool {
+        self.records.iter().all(Option::is_some)
+    }
+
+    /// Refuses a put over a directory, or below a file; the file record's
+    /// current version otherwise.
+    fn verdict(&self) -> Result<Hlc> {
+        let remote = &self.remote;
+        let records: Vec<&Record> = self.records.iter().flatten().collect();
+        if records.len() != self.keys.len() {
+            bail!("cannot put {remote}: a record read went unanswered");
+        }
+        let kind = |r: &Record| {
+            r.live()
+                .then(|| DirEntry::decode(&r.value).map(|e| e.kind))
+                .flatten()
+        };
+        if kind(records[1]) == Some(EntryKind::Dir) {
+            bail!("cannot put {remote}: it is a directory");
+        }
+        for (path, r) in self.up.iter().zip(&records[2..]) {
+            if kind(r) == Some(EntryKind::File) {
+                bail!("cannot put {remote}: {path} is a file");
+            }
+        }
+        Ok(records[0].version)
+    }
 }
 
 struct PutWork<'p> {
+    target: Target,
+    /// Chunks sent before the target's reads are answered: at most one
+    /// window, so a put the target refuses wastes little.
+    window: usize,
     input: Box<dyn Read>,
     source: &'p str,
     chunk_size: usize,
@@ -227,7 +274,13 @@ struct PutWork<'p> {
     bar: ProgressBar,
 }
 
-struct PutJob {
+enum PutJob {
+    /// Read the target's record `i`.
+    Check(usize),
+    Chunk(ChunkJob),
+}
+
+struct ChunkJob {
     id: ChunkId,
     data: Vec<u8>,
     /// File bytes it carries (0 for an index chunk).
@@ -238,8 +291,68 @@ impl Work for PutWork<'_> {
     type Job = PutJob;
 
     fn next(&mut self) -> Result<Option<PutJob>> {
+        let t = &mut self.target;
+        if t.sent < t.keys.len() {
+            t.sent += 1;
+            return Ok(Some(PutJob::Check(t.sent - 1)));
+        }
+        if !t.known() && self.chunks as usize >= self.window {
+            return Ok(None);
+        }
+        Ok(self.next_chunk()?.map(PutJob::Chunk))
+    }
+
+    fn request<'a>(&'a self, job: &'a PutJob) -> Request<'a> {
+        match job {
+            PutJob::Check(i) => Request::RecordRead {
+                key: &self.target.keys[*i],
+            },
+            PutJob::Chunk(c) => Request::ChunkWrite { data: &c.data },
+        }
+    }
+
+    fn done(&mut self, job: PutJob, reply: Reply) -> Result<()> {
+        match (job, reply.response) {
+            (PutJob::Check(i), Response::Record { version, tombstone }) => {
+                let t = &mut self.target;
+                t.records[i] = Some(Record {
+                    version,
+                    tombstone,
+                    value: reply.data,
+                });
+                // A refused put stops here, before more of its chunks go out.
+                if t.known()
+                    && let Err(e) = t.verdict()
+                {
+                    t.refusal = Some(e);
+                    bail!("refused");
+                }
+                Ok(())
+            }
+            (PutJob::Chunk(c), Response::ChunkWritten { id, .. }) if id == c.id => {
+                self.bar.inc(c.file_bytes);
+                Ok(())
+            }
+            (PutJob::Check(_), other) => bail!("the node answered a record read with {other:?}"),
+            (PutJob::Chunk(_), other) => bail!("the node answered a chunk write with {other:?}"),
+        }
+    }
+
+    fn failed(&mut self, job: PutJob, failure: OpFailure) -> Result<()> {
+        let access = match job {
+            PutJob::Check(_) => Access::Read,
+            PutJob::Chunk(_) => Access::Write,
+        };
+        Err(explain(failure, access))
+    }
+}
+
+impl PutWork<'_> {
+    /// The next chunk to write: a pending index chunk, else the next data
+    /// chunk of the input (closing the tree at its end).
+    fn next_chunk(&mut self) -> Result<Option<ChunkJob>> {
         if let Some((id, data)) = self.index.pop_front() {
-            return Ok(Some(PutJob {
+            return Ok(Some(ChunkJob {
                 id,
                 data,
                 file_bytes: 0,
@@ -266,7 +379,7 @@ impl Work for PutWork<'_> {
             if let Some(builder) = tree.take() {
                 *root = Some(builder.finish(&mut emit));
             }
-            return Ok(index.pop_front().map(|(id, data)| PutJob {
+            return Ok(index.pop_front().map(|(id, data)| ChunkJob {
                 id,
                 data,
                 file_bytes: 0,
@@ -279,29 +392,11 @@ impl Work for PutWork<'_> {
             .map_err(|_| anyhow!("the file is too large for one chunk tree"))?;
         *chunks += 1;
         *size += n as u64;
-        Ok(Some(PutJob {
+        Ok(Some(ChunkJob {
             id,
             data,
             file_bytes: n as u64,
         }))
-    }
-
-    fn request<'a>(&'a self, job: &'a PutJob) -> Request<'a> {
-        Request::ChunkWrite { data: &job.data }
-    }
-
-    fn done(&mut self, job: PutJob, reply: Reply) -> Result<()> {
-        match reply.response {
-            Response::ChunkWritten { id, .. } if id == job.id => {
-                self.bar.inc(job.file_bytes);
-                Ok(())
-            }
-            other => bail!("the node answered a chunk write with {other:?}"),
-        }
-    }
-
-    fn failed(&mut self, _: PutJob, failure: OpFailure) -> Result<()> {
-        Err(explain(failure, Access::Write))
     }
 }
 
