@@ -593,15 +593,33 @@ fn forget(pid: u32) {
 }
 
 /// A UDP port and a TCP port free on 127.0.0.1 now, outside `taken`.
+///
+/// They are picked below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`), which outgoing connections draw from:
+/// a port from inside it, free now, may be taken by a connection (a status
+/// poll, say) while its node is down, and the node restarted on it would
+/// fail with "address already in use".
 fn free_ports(taken: &[u16]) -> Result<(u16, u16)> {
-    for _ in 0..32 {
-        let udp = UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
-        let tcp = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        if udp != tcp && !taken.contains(&udp) && !taken.contains(&tcp) {
+    let low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    // Above the well-known and most registered ports.
+    let start = 10_000.min(low / 2);
+    let span = u64::from(low.saturating_sub(start).max(1));
+    let pick = || -> Result<u16> { Ok(start + (crate::client::random_u64()? % span) as u16) };
+    for _ in 0..256 {
+        let (udp, tcp) = (pick()?, pick()?);
+        if udp == tcp || taken.contains(&udp) || taken.contains(&tcp) {
+            continue;
+        }
+        if UdpSocket::bind(("127.0.0.1", udp)).is_ok()
+            && TcpListener::bind(("127.0.0.1", tcp)).is_ok()
+        {
             return Ok((udp, tcp));
         }
     }
-    bail!("cannot find free ports on 127.0.0.1")
+    bail!("cannot find free ports on 127.0.0.1 below {low}")
 }
 
 /// The last `n` lines of `file`, indented.
