@@ -338,6 +338,19 @@ impl TreeBuilder {
         self.levels[level].push(id).map_err(|_| TreeFull)
     }
 
+    /// Subtrees that together hold every chunk pushed so far: each id not
+    /// yet sealed into an index chunk, with its depth (0: a data chunk).
+    /// Marking these for GC ([`Request::ChunkMark`]) keeps a tree still
+    /// being built, once the index chunks it emitted are stored.
+    ///
+    /// [`Request::ChunkMark`]: crate::node::Request::ChunkMark
+    pub fn cover(&self) -> impl Iterator<Item = (ChunkId, u8)> + '_ {
+        self.levels
+            .iter()
+            .enumerate()
+            .flat_map(|(depth, ids)| ids.iter().map(move |id| (*id, depth as u8)))
+    }
+
     /// Closes the tree: the root and its depth (`None` and 0 for no chunks).
     pub fn finish(mut self, emit: &mut impl FnMut(ChunkId, &[u8])) -> (Option<ChunkId>, u8) {
         let mut level = 0;
@@ -562,6 +575,39 @@ mod tests {
         w.feed(&[7; 64]).unwrap();
         assert_eq!(w.step(), Step::Data(ChunkId([7; 32])));
         assert_eq!(w.feed(&[0; 32]), Err(BadIndex), "nothing was asked for");
+    }
+
+    #[test]
+    fn cover_reaches_every_chunk_pushed_so_far() {
+        use std::collections::HashMap;
+        let mut index: HashMap<ChunkId, Vec<ChunkId>> = HashMap::new();
+        let mut b = TreeBuilder::new();
+        let n = FANOUT * FANOUT + 5;
+        for i in 0..n {
+            b.push(data_id(i as u64), &mut |id, bytes| {
+                let children = bytes.chunks(32).map(|c| ChunkId(c.try_into().unwrap()));
+                index.insert(id, children.collect());
+            })
+            .unwrap();
+            if i % 997 != 0 && i != n - 1 {
+                continue;
+            }
+            // Expanding the cover through the index chunks emitted so far
+            // gives back exactly the data chunks pushed so far.
+            let mut leaves = Vec::new();
+            let mut stack: Vec<(ChunkId, u8)> = b.cover().collect();
+            while let Some((id, depth)) = stack.pop() {
+                if depth == 0 {
+                    leaves.push(id);
+                } else {
+                    stack.extend(index[&id].iter().map(|c| (*c, depth - 1)));
+                }
+            }
+            leaves.sort();
+            let mut want: Vec<ChunkId> = (0..=i).map(|j| data_id(j as u64)).collect();
+            want.sort();
+            assert_eq!(leaves, want, "after {} chunks", i + 1);
+        }
     }
 
     #[test]

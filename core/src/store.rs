@@ -80,6 +80,16 @@ pub struct Usage {
     pub capacity: Option<u64>,
 }
 
+/// How a flush began ([`Storage::flush_begin`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlushBegun {
+    /// It is over: the writes are durable (`Ok`) or may be lost (`Err`).
+    Done(Result<(), StoreError>),
+    /// It runs in the background; [`Storage::flush_poll`] reports its end
+    /// under this ticket.
+    Running(u64),
+}
+
 /// A node's local store.
 pub trait Storage {
     /// Copies the value under `key` into `out`, returning its length, or
@@ -97,6 +107,24 @@ pub trait Storage {
     /// always durable (or never, like RAM) returns `Ok` at once.
     fn flush(&mut self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    /// Starts making every earlier `put` and `remove` durable, without
+    /// waiting for the disk if the store can sync in the background: group
+    /// commit that lets the node go on serving while the disk works. A
+    /// store runs one such flush at a time; the node begins the next only
+    /// after [`Storage::flush_poll`] reported the last one's end. The
+    /// default flushes at once.
+    fn flush_begin(&mut self) -> FlushBegun {
+        FlushBegun::Done(self.flush())
+    }
+
+    /// The end of the flush running in the background, once it has ended:
+    /// its ticket and whether its writes are durable. An `Err` means they
+    /// may be lost — and so may every write made since, which the next
+    /// flush then reports.
+    fn flush_poll(&mut self) -> Option<(u64, Result<(), StoreError>)> {
+        None
     }
 
     /// The smallest key in `space` that starts with `prefix` and is greater
@@ -133,6 +161,14 @@ impl<T: Storage + ?Sized> Storage for &mut T {
 
     fn flush(&mut self) -> Result<(), StoreError> {
         (**self).flush()
+    }
+
+    fn flush_begin(&mut self) -> FlushBegun {
+        (**self).flush_begin()
+    }
+
+    fn flush_poll(&mut self) -> Option<(u64, Result<(), StoreError>)> {
+        (**self).flush_poll()
     }
 
     fn next_key(

@@ -1,22 +1,24 @@
 //! The socket loop: a thin driver around the sans-IO [`Node`], in the shape
 //! of quinn's endpoint driver.
 //!
-//! One loop waits on three things at once: a datagram on the UDP socket
+//! One loop waits on four things at once: a datagram on the UDP socket
 //! ([`Node::handle_datagram`]), the node's next timer
-//! ([`Node::poll_timeout`] → [`Node::handle_timeout`]), and a [`Command`]
-//! from the status server or the shutdown signal. Datagrams are taken in
-//! batches (every one the socket has ready, up to [`BATCH`]), then
-//! [`Node::commit`] flushes the store once for the whole batch — group
-//! commit — and releases the acknowledgements of the writes it made. After
-//! every batch it drains [`Node::poll_transmit`] onto the socket, then
-//! [`Node::poll_event`] into the log. Nothing here decides anything about
-//! the protocol.
+//! ([`Node::poll_timeout`] → [`Node::handle_timeout`]), the end of a
+//! store commit running in the background, and a [`Command`] from the
+//! status server or the shutdown signal. Datagrams are taken in batches
+//! (every one the socket has ready, up to [`BATCH`]). After each wake it
+//! drains [`Node::poll_transmit`] onto the socket, calls [`Node::commit`]
+//! — group commit: it answers the writes a finished commit covered and
+//! starts the next commit, which runs while the loop goes on — drains the
+//! answers that released, then [`Node::poll_event`] into the log. Nothing
+//! here decides anything about the protocol.
 //!
 //! Time is `start.elapsed()` in microseconds, with `start` taken once when
 //! the node is built. A [`HostNode`] is several hundred KB: build it on a
 //! thread with a large stack and keep it boxed (see [`crate::host`]).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_core::Instant;
@@ -25,7 +27,7 @@ use shoal_core::node::{EVENTS, Event, MAX_MESSAGE, Node};
 use shoal_core::store::Storage;
 use shoal_core::wire::MAX_DATAGRAM;
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{debug, info};
 
 use crate::status::{MemberView, Snapshot};
@@ -77,6 +79,7 @@ pub struct Driver<S: Storage> {
     start: std::time::Instant,
     socket: UdpSocket,
     commands: mpsc::Receiver<Command>,
+    flushed: Arc<Notify>,
     rx: Box<[u8; RECV_BUF]>,
     tx: Box<[u8; MAX_DATAGRAM]>,
 }
@@ -89,12 +92,14 @@ impl<S: Storage> Driver<S> {
         start: std::time::Instant,
         socket: UdpSocket,
         commands: mpsc::Receiver<Command>,
+        flushed: Arc<Notify>,
     ) -> Self {
         Driver {
             node,
             start,
             socket,
             commands,
+            flushed,
             rx: Box::new([0; RECV_BUF]),
             tx: Box::new([0; MAX_DATAGRAM]),
         }
@@ -137,6 +142,9 @@ impl<S: Storage> Driver<S> {
                     // ICMP errors and the like: the node's timers recover.
                     Err(e) => debug!(error = %e, "receive failed"),
                 },
+                // A background flush ended: the commit below answers the
+                // writes it covered.
+                () = self.flushed.notified() => {}
                 () = tokio::time::sleep_until(wake) => {
                     let now = self.now();
                     self.node.handle_timeout(now);

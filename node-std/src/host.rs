@@ -8,12 +8,13 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use shoal_core::Instant;
 use shoal_core::node::NodeConfig;
 use shoal_core::store::Storage;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::driver::{Command, Driver, HostNode};
 use crate::status::Snapshot;
@@ -36,6 +37,10 @@ pub struct Host<S> {
     pub http: Option<std::net::TcpListener>,
     /// The node's store.
     pub store: S,
+    /// Notified when the store ends a flush it ran in the background (see
+    /// [`DiskStore::on_flushed`](crate::store::DiskStore::on_flushed)), so
+    /// the node answers the writes it covered at once.
+    pub flushed: Arc<Notify>,
 }
 
 /// A node running on its own thread.
@@ -99,7 +104,9 @@ impl<S: Storage + Send + 'static> Host<S> {
                 shutdown.await;
                 let _ = commands.send(Command::Shutdown).await;
             });
-            Ok(Driver::new(node, start, socket, receiver).run().await)
+            Ok(Driver::new(node, start, socket, receiver, self.flushed)
+                .run()
+                .await)
         })
     }
 }
@@ -166,6 +173,7 @@ mod tests {
             socket,
             http: None,
             store: RamStore::new(),
+            flushed: Arc::default(),
         };
         (host, addr)
     }

@@ -10,6 +10,7 @@
 use std::io::IsTerminal;
 use std::num::NonZeroU64;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
 use clap::Parser;
@@ -21,6 +22,7 @@ use shoal_node::config::Flags;
 use shoal_node::host::Host;
 use shoal_node::store::DiskStore;
 use shoal_node::{identity, io_reason, key};
+use tokio::sync::Notify;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
@@ -111,6 +113,9 @@ fn run(flags: &Flags) -> Result<()> {
             ..DataConfig::default()
         },
     };
+    let flushed = Arc::new(Notify::new());
+    let wake = flushed.clone();
+    store.on_flushed(move || wake.notify_one());
     let host = Host {
         config,
         seed: random()?,
@@ -118,6 +123,7 @@ fn run(flags: &Flags) -> Result<()> {
         socket,
         http,
         store,
+        flushed,
     };
     let store = host
         .spawn(stop_signal())

@@ -2,27 +2,30 @@
 //!
 //! One redb table per [`Space`], named by [`Space::name`].
 //!
-//! Group commit: puts and removes go into one redb write transaction, begun
-//! at the first write after a flush and visible at once to `get` and
-//! `next_key`, which read through it. [`Storage::flush`] commits it with
-//! redb's `Immediate` durability (fsync before the commit returns), so one
-//! sync covers every write since the previous flush. A flushed write
-//! survives `kill -9` and power loss; one not yet flushed may be lost, which
-//! is why the node acknowledges a write only after the flush that covers it.
-//! Closing or dropping the store flushes too.
+//! Group commit, in the background: puts and removes gather in memory,
+//! visible at once to `get` and `next_key`; a flush hands the batch to a
+//! committer thread, which writes it into one redb transaction and commits
+//! it with redb's `Immediate` durability (synced before the commit returns)
+//! while the node goes on. One sync covers every write of the batch. A
+//! committed write survives `kill -9` and power loss; one not yet committed
+//! may be lost, which is why the node acknowledges a write only after the
+//! commit that covers it ([`Storage::flush_poll`]). Closing or dropping the
+//! store flushes too.
 //!
 //! redb locks the file while it is open: a second process on the same data
 //! dir gets [`OpenError::Locked`].
 
+use std::collections::BTreeMap;
 use std::io;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
 
 use redb::{
     Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
     WriteTransaction,
 };
-use shoal_core::store::{Space, Storage, StoreError, Usage};
+use shoal_core::store::{FlushBegun, Space, Storage, StoreError, Usage};
 
 /// The database file inside the data dir.
 pub const FILE_NAME: &str = "shoal.redb";
@@ -96,36 +99,94 @@ impl OpenError {
     }
 }
 
+/// Writes not yet committed: per space, the newest state of each key
+/// (`None`: removed).
+type Layer = [BTreeMap<Vec<u8>, Option<Vec<u8>>>; 3];
+
 /// A [`Storage`] kept in `DIR/shoal.redb`.
 ///
-/// Puts and removes go into one open write transaction, begun at the first
-/// write after a flush; [`Storage::flush`] commits it. Reads look through
-/// that transaction, so they see writes not yet flushed.
+/// **Group commit in the background.** Puts and removes go to an in-memory
+/// batch, visible at once to `get` and `next_key`. [`Storage::flush_begin`]
+/// writes the batch into a redb write transaction and hands it to a
+/// committer thread, which commits it with redb's `Immediate` durability
+/// (synced before the commit returns) while the node goes on; writes made
+/// meanwhile form the next batch. [`Storage::flush_poll`] reports the
+/// commit's end, and [`DiskStore::on_flushed`] wakes the caller when it
+/// comes. Reads look through the batch being built, then the one being
+/// committed, then the database. [`Storage::flush`] does the same and waits.
 ///
-/// After an I/O error (a full disk, say) redb refuses every later operation
-/// until the database is reopened; the store reopens it at once, so freeing
-/// space (a `remove`) works and later writes can succeed again. A failure
-/// inside the open transaction throws away every write since the last flush:
-/// flushed data is untouched, and the next `flush` reports the loss, so no
-/// write from that batch is ever taken as durable.
+/// **Failures.** A batch that fails to commit (a full disk, say) is lost,
+/// and so is the batch built on top of it meanwhile: its writes may depend
+/// on the lost ones (a record merge, say), so the next flush reports it
+/// lost too. Committed data is untouched. After an I/O error redb refuses
+/// every later operation until the database is reopened; the store reopens
+/// it at once, so freeing space (a `remove`) works and later writes can
+/// succeed again.
 pub struct DiskStore {
     path: PathBuf,
-    /// Every put and remove since the last flush. Before `db`: it keeps the
-    /// database, and its file lock, open until it ends.
-    txn: Option<WriteTransaction>,
-    /// Whether `txn` changed anything (a commit with nothing in it would
-    /// still sync).
-    dirty: bool,
-    /// Why writes made since the last flush were thrown away; the next flush
-    /// returns it.
+    /// Writes since the last flush began.
+    pending: Layer,
+    /// The batch being committed, under its ticket, until it ends.
+    inflight: Option<(u64, Layer)>,
+    next_ticket: u64,
+    /// Why the writes since the last flush began were thrown away; the
+    /// next flush returns it.
     lost: Option<StoreError>,
+    committer: Committer,
     /// `None` only while a reopen after a failure has itself failed; the
-    /// next write tries again.
+    /// next flush tries again.
     db: Option<Database>,
-    /// What the store holds, counting writes not yet flushed.
+    /// What the store holds, counting writes not yet committed.
     usage: Usage,
     /// Most bytes of chunks and records it takes, if limited.
     quota: Option<u64>,
+}
+
+/// Called by the committer thread when a commit ends.
+type Waker = Arc<Mutex<Option<Box<dyn Fn() + Send>>>>;
+
+/// The thread that commits batches, one at a time, in order.
+struct Committer {
+    jobs: Option<mpsc::Sender<(u64, WriteTransaction)>>,
+    done: mpsc::Receiver<(u64, Result<(), redb::Error>)>,
+    wake: Waker,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Committer {
+    fn start() -> io::Result<Committer> {
+        let (jobs, inbox) = mpsc::channel::<(u64, WriteTransaction)>();
+        let (outbox, done) = mpsc::channel();
+        let wake: Waker = Arc::default();
+        let waker = wake.clone();
+        let thread = std::thread::Builder::new()
+            .name("shoal-store".into())
+            .spawn(move || {
+                for (ticket, txn) in inbox {
+                    let result = txn.commit().map_err(redb::Error::from);
+                    if outbox.send((ticket, result)).is_err() {
+                        return;
+                    }
+                    if let Some(wake) = waker.lock().ok().as_deref().and_then(Option::as_ref) {
+                        wake();
+                    }
+                }
+            })?;
+        Ok(Committer {
+            jobs: Some(jobs),
+            done,
+            wake,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the thread once it has committed what it was given.
+    fn stop(&mut self) {
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl DiskStore {
@@ -145,9 +206,11 @@ impl DiskStore {
         let usage = Self::prepare(&db).map_err(|e| OpenError::of(dir, e))?;
         Ok(DiskStore {
             path,
-            txn: None,
-            dirty: false,
+            pending: Layer::default(),
+            inflight: None,
+            next_ticket: 1,
             lost: None,
+            committer: Committer::start().map_err(io_error)?,
             db: Some(db),
             usage,
             quota: None,
@@ -160,6 +223,14 @@ impl DiskStore {
     /// but is never refused. `None` lifts the limit.
     pub fn set_quota(&mut self, quota: Option<u64>) {
         self.quota = quota;
+    }
+
+    /// Calls `wake` (on the committer thread) whenever a background commit
+    /// ends, so the owner knows to call [`Storage::flush_poll`].
+    pub fn on_flushed(&self, wake: impl Fn() + Send + 'static) {
+        if let Ok(mut w) = self.committer.wake.lock() {
+            *w = Some(Box::new(wake));
+        }
     }
 
     fn open_file(path: &Path) -> Result<Database, redb::DatabaseError> {
@@ -195,6 +266,7 @@ impl DiskStore {
     /// recovery). A failed flush is reported after the close.
     pub fn close(mut self) -> Result<(), StoreError> {
         let flushed = self.flush();
+        self.committer.stop();
         let closed = match self.db.take() {
             Some(db) => db.close().map_err(store_error),
             None => Ok(()),
@@ -206,40 +278,64 @@ impl DiskStore {
         self.db.as_ref().ok_or(StoreError::Io)
     }
 
-    /// Runs `f` in the open write transaction, beginning one if there is
-    /// none; a failure goes through [`DiskStore::failed`].
-    fn write<R>(
-        &mut self,
-        f: impl FnOnce(&WriteTransaction) -> Result<R, redb::Error>,
-    ) -> Result<R, StoreError> {
-        if self.db.is_none() {
-            self.reopen();
-        }
-        let txn = match &self.txn {
-            Some(txn) => txn,
-            None => match self.db()?.begin_write() {
-                // Immediate durability (redb's default): the commit in
-                // `flush` returns only once the data is synced.
-                Ok(txn) => self.txn.insert(txn),
-                Err(e) => return Err(self.failed(e.into())),
-            },
-        };
-        f(txn).map_err(|e| self.failed(e))
+    /// The newest state of `key` among the batches not yet committed:
+    /// `Some(None)` when the newest is a removal, `None` when neither
+    /// batch touched it.
+    fn uncommitted(&self, space: Space, key: &[u8]) -> Option<Option<&[u8]>> {
+        let i = space as usize;
+        let newest = self.pending[i].get(key).or_else(|| {
+            self.inflight
+                .as_ref()
+                .and_then(|(_, layer)| layer[i].get(key))
+        })?;
+        Some(newest.as_deref())
     }
 
-    /// Handles a failed write: unless the open transaction is known to be
-    /// intact, throws it away (noting the loss for the next flush), reopens
-    /// the database after an I/O error, and totals the usage afresh, since
-    /// the writes it counted are gone.
-    fn failed(&mut self, e: redb::Error) -> StoreError {
-        // Refused before anything changed: the transaction is still good.
-        let intact = matches!(e, redb::Error::ValueTooLarge(_));
+    /// The length of the value under `key`, if any.
+    fn len_of(&self, space: Space, key: &[u8]) -> Result<Option<usize>, StoreError> {
+        if let Some(v) = self.uncommitted(space, key) {
+            return Ok(v.map(<[u8]>::len));
+        }
+        let txn = self.db()?.begin_read().map_err(store_error)?;
+        let t = txn.open_table(table(space)).map_err(store_error)?;
+        Ok(t.get(key).map_err(store_error)?.map(|v| v.value().len()))
+    }
+
+    /// Ends the commit in flight, waiting for it.
+    fn wait_inflight(&mut self) -> Result<(), StoreError> {
+        if self.inflight.is_none() {
+            return Ok(());
+        }
+        match self.committer.done.recv() {
+            Ok((ticket, result)) => self.ended(ticket, result),
+            // The committer is gone: so is what it held.
+            Err(_) => self.ended(0, Err(redb::Error::PreviousIo)),
+        }
+    }
+
+    /// Takes note that the commit `ticket` ended with `result`.
+    fn ended(&mut self, ticket: u64, result: Result<(), redb::Error>) -> Result<(), StoreError> {
+        let batch = self.inflight.take();
+        debug_assert!(
+            batch
+                .as_ref()
+                .is_none_or(|(t, _)| *t == ticket || ticket == 0)
+        );
+        let Err(e) = result else {
+            return Ok(());
+        };
+        Err(self.lose(e))
+    }
+
+    /// Throws away every write not committed after `e` (see the type's
+    /// docs), reopening the database after an I/O error; the error, for
+    /// the store's user.
+    fn lose(&mut self, e: redb::Error) -> StoreError {
         let poisoned = matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo);
         let mapped = store_error(e);
-        if intact {
-            return mapped;
-        }
-        if self.txn.take().is_some() && std::mem::take(&mut self.dirty) {
+        self.inflight = None;
+        if self.pending.iter().any(|l| !l.is_empty()) {
+            self.pending = Layer::default();
             self.lost.get_or_insert(mapped);
         }
         if poisoned {
@@ -253,11 +349,8 @@ impl DiskStore {
     }
 
     fn reopen(&mut self) {
-        // The open transaction and the old handle hold the file lock: both
-        // must go first.
-        if self.txn.take().is_some() && std::mem::take(&mut self.dirty) {
-            self.lost.get_or_insert(StoreError::Io);
-        }
+        // The old handle holds the file lock: it must go first. Nothing is
+        // being committed (a commit's end is what brings us here).
         self.db = None;
         match Self::open_file(&self.path) {
             Ok(db) => {
@@ -267,47 +360,70 @@ impl DiskStore {
                 self.db = Some(db);
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot reopen the store; retrying at the next write")
+                tracing::warn!(error = %e, "cannot reopen the store; retrying at the next flush")
             }
         }
+    }
+
+    /// Writes the batch into a fresh write transaction, for the committer.
+    fn prepare_batch(&mut self) -> Result<WriteTransaction, redb::Error> {
+        if self.db.is_none() {
+            self.reopen();
+        }
+        let db = self.db.as_ref().ok_or(redb::Error::PreviousIo)?;
+        // Immediate durability (redb's default): the commit returns only
+        // once the data is synced.
+        let txn = db.begin_write()?;
+        for space in Space::ALL {
+            let layer = &self.pending[space as usize];
+            if layer.is_empty() {
+                continue;
+            }
+            let mut t = txn.open_table(table(space))?;
+            for (key, value) in layer {
+                match value {
+                    Some(v) => {
+                        t.insert(key.as_slice(), v.as_slice())?;
+                    }
+                    None => {
+                        t.remove(key.as_slice())?;
+                    }
+                }
+            }
+        }
+        Ok(txn)
     }
 }
 
 #[cfg(test)]
 impl DiskStore {
-    /// Closes the store as a crash would: writes not yet flushed are lost.
+    /// Closes the store as a crash would: writes not yet flushed are lost
+    /// (one already being committed lands or not, as the disk decides).
     fn abandon(mut self) {
-        self.txn = None;
-        self.dirty = false;
+        self.pending = Layer::default();
+        let _ = self.wait_inflight();
+        self.committer.stop();
+        self.db = None;
     }
 }
 
-/// Copies the value under `key` in `t` into `out`.
-fn value_in(
-    t: &impl ReadableTable<Bytes, Bytes>,
-    key: &[u8],
-    out: &mut [u8],
-) -> Result<Option<usize>, StoreError> {
-    let Some(value) = t.get(key).map_err(store_error)? else {
-        return Ok(None);
-    };
-    let value = value.value();
+/// Copies `value` into `out`; its length.
+fn copy_out(value: &[u8], out: &mut [u8]) -> Result<Option<usize>, StoreError> {
     out.get_mut(..value.len())
         .ok_or(StoreError::BufferTooSmall)?
         .copy_from_slice(value);
     Ok(Some(value.len()))
 }
 
-/// Copies the smallest key in `t` with `prefix` that is above `after` into
-/// `out`. Keys with a prefix are contiguous, so that key is the first at or
-/// above the larger of `prefix` and just-above-`after`, if it has the prefix:
-/// one range lookup, reading one entry.
+/// Copies the smallest key in `t` with `prefix` that is above `after`. Keys
+/// with a prefix are contiguous, so that key is the first at or above the
+/// larger of `prefix` and just-above-`after`, if it has the prefix: one
+/// range lookup, reading one entry.
 fn next_key_in(
     t: &impl ReadableTable<Bytes, Bytes>,
     prefix: &[u8],
     after: Option<&[u8]>,
-    out: &mut [u8],
-) -> Result<Option<usize>, StoreError> {
+) -> Result<Option<Vec<u8>>, StoreError> {
     let from = match after {
         Some(after) if after >= prefix => Bound::Excluded(after),
         _ => Bound::Included(prefix),
@@ -320,104 +436,123 @@ fn next_key_in(
     };
     let (key, _) = entry.map_err(store_error)?;
     let key = key.value();
-    if !key.starts_with(prefix) {
-        return Ok(None);
-    }
-    out.get_mut(..key.len())
-        .ok_or(StoreError::BufferTooSmall)?
-        .copy_from_slice(key);
-    Ok(Some(key.len()))
+    Ok(key.starts_with(prefix).then(|| key.to_vec()))
+}
+
+/// The same in one uncommitted batch, removals included.
+fn next_key_in_layer(
+    layer: &BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    prefix: &[u8],
+    after: Option<&[u8]>,
+) -> Option<Vec<u8>> {
+    let from = match after {
+        Some(after) if after >= prefix => Bound::Excluded(after),
+        _ => Bound::Included(prefix),
+    };
+    let (key, _) = layer.range::<[u8], _>((from, Bound::Unbounded)).next()?;
+    key.starts_with(prefix).then(|| key.clone())
 }
 
 impl Storage for DiskStore {
     fn get(&self, space: Space, key: &[u8], out: &mut [u8]) -> Result<Option<usize>, StoreError> {
-        if let Some(txn) = &self.txn {
-            let t = txn.open_table(table(space)).map_err(store_error)?;
-            return value_in(&t, key, out);
+        if let Some(v) = self.uncommitted(space, key) {
+            return v.map_or(Ok(None), |v| copy_out(v, out));
         }
         let txn = self.db()?.begin_read().map_err(store_error)?;
         let t = txn.open_table(table(space)).map_err(store_error)?;
-        value_in(&t, key, out)
+        match t.get(key).map_err(store_error)? {
+            Some(v) => copy_out(v.value(), out),
+            None => Ok(None),
+        }
     }
 
     fn put(&mut self, space: Space, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let old = self.len_of(space, key)?;
+        let added = (key.len() + value.len()) as u64;
+        let freed = old.map_or(0, |n| (key.len() + n) as u64);
         if let Some(quota) = self.quota
             && space != Space::Local
-        {
             // Replacing a value frees the old one's room.
-            let mut probe = [0u8; 0];
-            let old = match self.get(space, key, &mut probe) {
-                Ok(None) => 0,
-                Ok(Some(n)) => (key.len() + n) as u64,
-                Err(StoreError::BufferTooSmall) => {
-                    let mut buf = vec![0u8; 64 << 10];
-                    self.get(space, key, &mut buf)?
-                        .map_or(0, |n| (key.len() + n) as u64)
-                }
-                Err(e) => return Err(e),
-            };
-            let after =
-                self.usage.bytes - old.min(self.usage.bytes) + (key.len() + value.len()) as u64;
-            if after > quota {
-                return Err(StoreError::Full);
-            }
+            && self.usage.bytes.saturating_sub(freed) + added > quota
+        {
+            return Err(StoreError::Full);
         }
-        let old = self.write(|txn| {
-            Ok(txn
-                .open_table(table(space))?
-                .insert(key, value)?
-                .map(|v| v.value().len()))
-        })?;
-        self.dirty = true;
-        let added = (key.len() + value.len()) as u64;
-        match old {
-            Some(len) => {
-                self.usage.bytes =
-                    (self.usage.bytes + added).saturating_sub((key.len() + len) as u64)
-            }
-            None => {
-                self.usage.bytes += added;
-                self.usage.entries += 1;
-            }
+        self.pending[space as usize].insert(key.to_vec(), Some(value.to_vec()));
+        self.usage.bytes = (self.usage.bytes + added).saturating_sub(freed);
+        if old.is_none() {
+            self.usage.entries += 1;
         }
         Ok(())
     }
 
     fn remove(&mut self, space: Space, key: &[u8]) -> Result<bool, StoreError> {
-        let old = self.write(|txn| {
-            Ok(txn
-                .open_table(table(space))?
-                .remove(key)?
-                .map(|v| v.value().len()))
-        })?;
-        let Some(len) = old else {
+        let Some(len) = self.len_of(space, key)? else {
             return Ok(false);
         };
-        self.dirty = true;
+        self.pending[space as usize].insert(key.to_vec(), None);
         self.usage.bytes = self.usage.bytes.saturating_sub((key.len() + len) as u64);
         self.usage.entries = self.usage.entries.saturating_sub(1);
         Ok(true)
     }
 
-    /// Commits the open transaction and syncs it to disk. Fails when it
-    /// cannot, or when writes since the last flush were already thrown away
-    /// after a failure; either way none of them is durable for sure.
+    /// Commits every write so far and waits for the sync. Fails when it
+    /// cannot, or when writes were already thrown away after a failure;
+    /// either way none of them is durable for sure.
     fn flush(&mut self) -> Result<(), StoreError> {
-        let lost = self.lost.take();
-        if let Some(txn) = self.txn.take() {
-            let result = if std::mem::take(&mut self.dirty) {
-                txn.commit().map_err(redb::Error::from)
-            } else {
-                // Nothing changed: let the transaction go without a sync.
-                txn.abort().map_err(redb::Error::from)
-            };
-            // The transaction is gone, committed or not: `failed` only
-            // reopens and totals the usage afresh.
-            result.map_err(|e| self.failed(e))?;
-        }
-        lost.map_or(Ok(()), Err)
+        let before = self.wait_inflight();
+        let now = match self.flush_begin() {
+            FlushBegun::Done(result) => result,
+            FlushBegun::Running(_) => self.wait_inflight(),
+        };
+        before.and(now)
     }
 
+    fn flush_begin(&mut self) -> FlushBegun {
+        if self.inflight.is_some() {
+            // One commit at a time: finish the one running first.
+            if let Err(e) = self.wait_inflight() {
+                return FlushBegun::Done(Err(self.lost.take().unwrap_or(e)));
+            }
+        }
+        if let Some(e) = self.lost.take() {
+            return FlushBegun::Done(Err(e));
+        }
+        if self.pending.iter().all(BTreeMap::is_empty) {
+            return FlushBegun::Done(Ok(()));
+        }
+        let txn = match self.prepare_batch() {
+            Ok(txn) => txn,
+            Err(e) => {
+                let e = self.lose(e);
+                return FlushBegun::Done(Err(self.lost.take().unwrap_or(e)));
+            }
+        };
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.inflight = Some((ticket, std::mem::take(&mut self.pending)));
+        let sent = match &self.committer.jobs {
+            Some(jobs) => jobs.send((ticket, txn)).map_err(|e| e.0.1),
+            None => Err(txn),
+        };
+        match sent {
+            Ok(()) => FlushBegun::Running(ticket),
+            // No committer thread (it panicked): commit here.
+            Err(txn) => {
+                let result = txn.commit().map_err(redb::Error::from);
+                FlushBegun::Done(self.ended(ticket, result))
+            }
+        }
+    }
+
+    fn flush_poll(&mut self) -> Option<(u64, Result<(), StoreError>)> {
+        self.inflight.as_ref()?;
+        let (ticket, result) = self.committer.done.try_recv().ok()?;
+        Some((ticket, self.ended(ticket, result)))
+    }
+
+    /// Merges the batches not yet committed with the database: the
+    /// smallest candidate key from each, skipped while its newest state is
+    /// a removal.
     fn next_key(
         &self,
         space: Space,
@@ -425,13 +560,34 @@ impl Storage for DiskStore {
         after: Option<&[u8]>,
         out: &mut [u8],
     ) -> Result<Option<usize>, StoreError> {
-        if let Some(txn) = &self.txn {
-            let t = txn.open_table(table(space)).map_err(store_error)?;
-            return next_key_in(&t, prefix, after, out);
-        }
+        let i = space as usize;
         let txn = self.db()?.begin_read().map_err(store_error)?;
         let t = txn.open_table(table(space)).map_err(store_error)?;
-        next_key_in(&t, prefix, after, out)
+        let mut cursor: Option<Vec<u8>> = after.map(<[u8]>::to_vec);
+        loop {
+            let after = cursor.as_deref();
+            let candidates = [
+                next_key_in_layer(&self.pending[i], prefix, after),
+                self.inflight
+                    .as_ref()
+                    .and_then(|(_, l)| next_key_in_layer(&l[i], prefix, after)),
+                next_key_in(&t, prefix, after)?,
+            ];
+            let Some(key) = candidates.into_iter().flatten().min() else {
+                return Ok(None);
+            };
+            let live = match self.uncommitted(space, &key) {
+                Some(v) => v.is_some(),
+                None => true,
+            };
+            if live {
+                out.get_mut(..key.len())
+                    .ok_or(StoreError::BufferTooSmall)?
+                    .copy_from_slice(&key);
+                return Ok(Some(key.len()));
+            }
+            cursor = Some(key);
+        }
     }
 
     fn usage(&self) -> Usage {
@@ -442,12 +598,14 @@ impl Storage for DiskStore {
     }
 }
 
-/// Flushes what it can; writes a failed flush loses were never promised.
+/// Flushes what it can (writes a failed flush loses were never promised),
+/// then stops the committer.
 impl Drop for DiskStore {
     fn drop(&mut self) {
-        if self.txn.is_some() {
+        if self.db.is_some() {
             let _ = self.flush();
         }
+        self.committer.stop();
     }
 }
 
@@ -633,6 +791,47 @@ mod tests {
         assert_eq!(s.get(Space::Records, b"a", &mut out), Ok(None));
         assert_eq!(s.get(Space::Records, b"b", &mut out), Ok(Some(3)));
         assert_eq!(s.usage().entries, 2);
+    }
+
+    #[test]
+    fn a_background_flush_is_seen_at_once_and_durable_when_it_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = DiskStore::open(dir.path()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        s.on_flushed(move || {
+            let _ = tx.send(());
+        });
+        s.put(Space::Records, b"a", b"1").unwrap();
+        s.put(Space::Records, b"c", b"3").unwrap();
+        s.flush().unwrap();
+        // Batch 1, being committed: removes `a`, adds `b`.
+        assert_eq!(s.remove(Space::Records, b"a"), Ok(true));
+        s.put(Space::Records, b"b", b"2").unwrap();
+        let FlushBegun::Running(ticket) = s.flush_begin() else {
+            panic!("a disk store flushes in the background");
+        };
+        // Batch 2, built meanwhile: adds `d`, removes `c`.
+        s.put(Space::Records, b"d", b"4").unwrap();
+        assert_eq!(s.remove(Space::Records, b"c"), Ok(true));
+        assert_eq!(walk(&s, Space::Records, b"", None), keys(&[b"b", b"d"]));
+        let mut out = [0u8; 4];
+        assert_eq!(s.get(Space::Records, b"a", &mut out), Ok(None));
+        assert_eq!(s.get(Space::Records, b"b", &mut out), Ok(Some(1)));
+        assert_eq!(s.usage().entries, 2);
+        // The committer says when batch 1 is durable (it also woke us for
+        // the earlier, blocking flush).
+        let ended = loop {
+            if let Some(ended) = s.flush_poll() {
+                break ended;
+            }
+            rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        };
+        assert_eq!(ended, (ticket, Ok(())));
+        assert_eq!(s.flush_poll(), None);
+        s.abandon();
+        // Batch 1 survived; batch 2 was never flushed.
+        let s = DiskStore::open(dir.path()).unwrap();
+        assert_eq!(walk(&s, Space::Records, b"", None), keys(&[b"b", b"c"]));
     }
 
     #[test]

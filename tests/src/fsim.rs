@@ -29,6 +29,7 @@ enum Ask {
         value: Vec<u8>,
     },
     RecordRead(Vec<u8>),
+    ChunkMark(ChunkId, u8),
 }
 
 impl Ask {
@@ -50,6 +51,10 @@ impl Ask {
                 value,
             },
             Ask::RecordRead(key) => Request::RecordRead { key },
+            Ask::ChunkMark(id, depth) => Request::ChunkMark {
+                id: *id,
+                depth: *depth,
+            },
         }
     }
 }
@@ -96,6 +101,11 @@ pub struct Task {
     last: Option<Ask>,
     /// The client running it: the tiebreak of the versions it numbers.
     writer: NodeId,
+    /// When it began, and how long a put's chunks may wait for their file
+    /// record before it marks them again (half a GC round), as `shoal fs
+    /// put` does.
+    begun: Instant,
+    refresh_after: Duration,
 }
 
 #[derive(Debug)]
@@ -121,6 +131,8 @@ enum TaskKind {
 enum PutStage {
     ReadVersion,
     Chunks(usize, Hlc),
+    /// Marking the tree again before the file record names it.
+    Mark(Hlc),
     Meta,
     Entry,
 }
@@ -175,6 +187,8 @@ impl Task {
             retries: 0,
             last: None,
             writer: NodeId(0),
+            begun: Instant::ZERO,
+            refresh_after: Duration::from_secs(1),
         }
     }
 
@@ -191,6 +205,8 @@ impl Task {
             retries: 0,
             last: None,
             writer: NodeId(0),
+            begun: Instant::ZERO,
+            refresh_after: Duration::from_secs(1),
         }
     }
 
@@ -204,6 +220,8 @@ impl Task {
             retries: 0,
             last: None,
             writer: NodeId(0),
+            begun: Instant::ZERO,
+            refresh_after: Duration::from_secs(1),
         }
     }
 
@@ -215,7 +233,7 @@ impl Task {
     }
 
     /// Feeds the answer to the last request; the next request, or the end.
-    fn advance(&mut self, answer: Answer) -> Result<Ask, Outcome> {
+    fn advance(&mut self, answer: Answer, now: Instant) -> Result<Ask, Outcome> {
         let answer = match answer {
             Ok((Response::Error(e), _)) => Err(OpFailure::Remote(e)),
             other => other,
@@ -243,12 +261,12 @@ impl Task {
                 return Err(Outcome::Failed(format!("{e}")));
             }
         };
-        let next = self.next(response, data)?;
+        let next = self.next(response, data, now)?;
         self.last = Some(next.clone());
         Ok(next)
     }
 
-    fn next(&mut self, response: Response, data: Vec<u8>) -> Result<Ask, Outcome> {
+    fn next(&mut self, response: Response, data: Vec<u8>, now: Instant) -> Result<Ask, Outcome> {
         let path = self.path.clone();
         let unexpected = |what: &str| Outcome::Failed(format!("unexpected answer, wanted {what}"));
         match &mut self.kind {
@@ -263,6 +281,10 @@ impl Task {
                     }
                     (PutStage::Chunks(i, v), Response::ChunkWritten { .. }) => {
                         *stage = PutStage::Chunks(i + 1, v);
+                    }
+                    (PutStage::Mark(after), Response::Stored) => {
+                        *stage = PutStage::Chunks(chunks.len(), after);
+                        self.begun = now;
                     }
                     (PutStage::Meta, Response::RecordWritten { version }) => {
                         *stage = PutStage::Entry;
@@ -291,6 +313,12 @@ impl Task {
                 };
                 if let Some(c) = chunks.get(i) {
                     return Ok(Ask::ChunkWrite(c.clone()));
+                }
+                if now.saturating_since(self.begun) >= self.refresh_after
+                    && let Some(root) = meta.root
+                {
+                    *stage = PutStage::Mark(after);
+                    return Ok(Ask::ChunkMark(root, meta.depth));
                 }
                 *stage = PutStage::Meta;
                 let mut buf = [0u8; 256];
@@ -417,6 +445,8 @@ impl Client {
     pub fn begin(&mut self, w: &mut World, mut task: Task) -> Option<Outcome> {
         self.seen = w.machines[self.machine].events.len();
         task.writer = crate::sim::id_of(self.machine);
+        task.begun = w.now;
+        task.refresh_after = Duration::from_micros(w.data.gc_round.as_micros() / 2);
         let ask = match task.start() {
             Ok(a) => a,
             Err(o) => return Some(o),
@@ -453,7 +483,7 @@ impl Client {
         }
         self.seen = m.events.len();
         let answer = answer?;
-        match task.advance(answer) {
+        match task.advance(answer, w.now) {
             Ok(ask) => match submit(w, self.machine, &ask) {
                 Ok(new) => {
                     if let Some((_, op)) = self.task.as_mut() {
@@ -548,6 +578,11 @@ pub fn faults(seed: u64, plan: FaultPlan) -> Result<FaultReport, String> {
     // faults heal.
     w.data.gc_round = Duration::from_secs(3);
     w.data.gc_keep = 2;
+    // Odd seeds flush in the background, as hosts do: a write is answered
+    // only after a later input, and a crash in between loses it.
+    for m in &w.machines {
+        m.disk.0.borrow_mut().background = seed % 2 == 1;
+    }
     let mut rng = Rng::new(seed ^ 0xf11e);
     w.start(0, &[]);
     for i in 1..plan.nodes {

@@ -5,9 +5,11 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::rc::Rc;
 
-use shoal_core::store::{Space, Storage, StoreError, Usage};
+use shoal_core::store::{FlushBegun, Space, Storage, StoreError, Usage};
 
 type Map = BTreeMap<(u8, Vec<u8>), Vec<u8>>;
+/// Writes not yet durable: `None` is a removal.
+type Batch = BTreeMap<(u8, Vec<u8>), Option<Vec<u8>>>;
 
 /// A machine's disk, shared by the machine (which crashes it) and the
 /// node's [`SimStore`] (which writes it).
@@ -15,33 +17,61 @@ type Map = BTreeMap<(u8, Vec<u8>), Vec<u8>>;
 pub struct Disk {
     durable: Map,
     /// Writes since the last flush: `None` is a removal.
-    pending: BTreeMap<(u8, Vec<u8>), Option<Vec<u8>>>,
+    pending: Batch,
     /// Bytes of keys and values the disk holds at most, if bounded.
     pub capacity: Option<u64>,
     /// Flushes that made something durable.
     pub flushes: u64,
+    /// Flushes run in the background, as on a host's disk: a flush begun
+    /// ends (and its writes become durable) only when the node next polls,
+    /// after at least one more input, and a crash before then loses it.
+    pub background: bool,
+    /// The batch a background flush is writing, under its ticket.
+    inflight: Option<(u64, Batch)>,
+    next_ticket: u64,
 }
 
 impl Disk {
     /// A crash: every write not yet flushed is lost.
     pub fn crash(&mut self) {
         self.pending.clear();
+        self.inflight = None;
+    }
+
+    /// Makes `batch` durable.
+    fn write(&mut self, batch: Batch) {
+        if !batch.is_empty() {
+            self.flushes += 1;
+        }
+        for (k, v) in batch {
+            match v {
+                Some(v) => self.durable.insert(k, v),
+                None => self.durable.remove(&k),
+            };
+        }
     }
 
     /// The current (visible) contents.
     fn view(&self) -> Map {
         let mut m = self.durable.clone();
-        for (k, v) in &self.pending {
-            match v {
-                Some(v) => m.insert(k.clone(), v.clone()),
-                None => m.remove(k),
-            };
+        let batches = self.inflight.iter().map(|(_, b)| b).chain([&self.pending]);
+        for batch in batches {
+            for (k, v) in batch {
+                match v {
+                    Some(v) => m.insert(k.clone(), v.clone()),
+                    None => m.remove(k),
+                };
+            }
         }
         m
     }
 
     fn get(&self, k: &(u8, Vec<u8>)) -> Option<&Vec<u8>> {
-        match self.pending.get(k) {
+        let uncommitted = self
+            .pending
+            .get(k)
+            .or_else(|| self.inflight.as_ref().and_then(|(_, b)| b.get(k)));
+        match uncommitted {
             Some(v) => v.as_ref(),
             None => self.durable.get(k),
         }
@@ -111,17 +141,37 @@ impl Storage for SimStore {
 
     fn flush(&mut self) -> Result<(), StoreError> {
         let mut d = self.0.borrow_mut();
+        if let Some((_, batch)) = d.inflight.take() {
+            d.write(batch);
+        }
         let pending = std::mem::take(&mut d.pending);
-        if !pending.is_empty() {
-            d.flushes += 1;
-        }
-        for (k, v) in pending {
-            match v {
-                Some(v) => d.durable.insert(k, v),
-                None => d.durable.remove(&k),
-            };
-        }
+        d.write(pending);
         Ok(())
+    }
+
+    fn flush_begin(&mut self) -> FlushBegun {
+        if !self.0.borrow().background {
+            return FlushBegun::Done(self.flush());
+        }
+        let mut d = self.0.borrow_mut();
+        if let Some((_, batch)) = d.inflight.take() {
+            d.write(batch);
+        }
+        if d.pending.is_empty() {
+            return FlushBegun::Done(Ok(()));
+        }
+        d.next_ticket += 1;
+        let ticket = d.next_ticket;
+        let batch = std::mem::take(&mut d.pending);
+        d.inflight = Some((ticket, batch));
+        FlushBegun::Running(ticket)
+    }
+
+    fn flush_poll(&mut self) -> Option<(u64, Result<(), StoreError>)> {
+        let mut d = self.0.borrow_mut();
+        let (ticket, batch) = d.inflight.take()?;
+        d.write(batch);
+        Some((ticket, Ok(())))
     }
 
     fn next_key(

@@ -24,7 +24,7 @@ use crate::repl::{
     self, Answer, Hlc, MAX_REPLICAS, MAX_STORE_KEY, MAX_VALUE, Quorum, RecordKey, STORED_HEADER,
     Stored, Tally,
 };
-use crate::store::{Space, StoreError};
+use crate::store::{FlushBegun, Space, StoreError};
 
 /// Replicas a chunk read tries before it gives up.
 const RANKED: usize = 8;
@@ -109,6 +109,19 @@ enum Kind {
         best: Option<(Hlc, bool)>,
         value: heapless::Vec<u8, MAX_VALUE>,
     },
+}
+
+/// An answer waiting for its write to be durable.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Held {
+    /// Who asked.
+    pub to: NodeId,
+    /// The request.
+    pub req: u64,
+    /// A chunk's `Has(true)`, else a write's `Stored`.
+    pub has: bool,
+    /// The flush that covers it, once one began.
+    pub flush: Option<u64>,
 }
 
 /// A request a coordinator sent one replica.
@@ -208,8 +221,18 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
                     n: q.n,
                     w: q.w,
                     r: q.r,
+                    gc_round_ms: self.data.gc_round.as_millis(),
                 };
                 self.reply(now, from, req, &r, spare);
+            }
+            Request::ChunkMark { id, depth } => {
+                let round = self.gc_round(now);
+                if self.send_mark(now, id, depth, round, spare) {
+                    self.reply(now, from, req, &Response::Stored, spare);
+                } else {
+                    self.stats.busy += 1;
+                    self.reply_error(now, from, req, RemoteError::Busy, spare);
+                }
             }
             Request::ChunkWrite { data } => self.chunk_write(now, from, req, data, spare),
             Request::ChunkRead { id } => {
@@ -252,7 +275,8 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
                     return;
                 };
                 for node in ranked {
-                    self.ask(now, c, node, &Request::ChunkHas { id }, spare);
+                    let r = Request::ChunkHas { id, handoff: false };
+                    self.ask(now, c, node, &r, spare);
                 }
                 self.progress(now, c, spare);
             }
@@ -291,13 +315,18 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
                 }
             }
             Request::ChunkLoad { id } => self.chunk_load(now, from, req, id, spare),
-            Request::ChunkHas { id } => {
+            Request::ChunkHas { id, handoff } => {
                 // A copy counts once it is durable: the asker may delete its
-                // own on the strength of this answer (handoff).
-                if self.has_chunk(id, spare.aux) {
-                    self.hold_answer(now, from, req, true, spare);
-                } else {
+                // own on the strength of this answer (handoff). It counts
+                // for a handoff only from a node that keeps it: two holders
+                // whose views each name the other as owner must not both
+                // delete.
+                if !self.has_chunk(id, spare.aux) {
                     self.reply(now, from, req, &Response::Has(false), spare);
+                } else if handoff && !self.owns_chunk(&id) {
+                    self.reply_error(now, from, req, RemoteError::NotOwner, spare);
+                } else {
+                    self.hold_answer(now, from, req, true, spare);
                 }
             }
             Request::RecordStore {
@@ -365,8 +394,8 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
         self.hold_answer(now, to, req, false, spare);
     }
 
-    /// Holds an answer until the next commit: `Has(true)` when `has`, else
-    /// `Stored`.
+    /// Holds an answer until the writes before it are durable: `Has(true)`
+    /// when `has`, else `Stored`.
     fn hold_answer(
         &mut self,
         now: Instant,
@@ -376,30 +405,82 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
         spare: &mut Spare<'_>,
     ) {
         if self.held.is_full() {
-            self.commit(now, spare);
+            self.commit_all(now, spare);
         }
-        let _ = self.held.push((to, req, has));
+        let _ = self.held.push(Held {
+            to,
+            req,
+            has,
+            flush: None,
+        });
     }
 
-    /// Flushes the store, then acknowledges every held write (or reports
-    /// the failure: the writes may be lost).
+    /// Group commit: answers the held writes that are now durable (or
+    /// reports their failure: they may be lost), and starts a flush for the
+    /// rest. A store that syncs in the background runs one flush at a time,
+    /// so writes made while it runs wait for the next, which begins as soon
+    /// as it ends; the node serves on meanwhile.
     pub(super) fn commit(&mut self, now: Instant, spare: &mut Spare<'_>) {
-        if self.held.is_empty() {
+        while let Some((ticket, result)) = self.store.flush_poll() {
+            if self.flushing == Some(ticket) {
+                self.flushing = None;
+            }
+            self.release(now, |h| h.flush == Some(ticket), result, spare);
+        }
+        if self.flushing.is_some() || !self.held.iter().any(|h| h.flush.is_none()) {
             return;
         }
+        match self.store.flush_begin() {
+            FlushBegun::Done(result) => self.release(now, |h| h.flush.is_none(), result, spare),
+            FlushBegun::Running(ticket) => {
+                self.flushing = Some(ticket);
+                for h in self.held.iter_mut().filter(|h| h.flush.is_none()) {
+                    h.flush = Some(ticket);
+                }
+            }
+        }
+    }
+
+    /// Makes every write durable now, waiting for the disk, and answers
+    /// every held write: for when the table of held answers is full.
+    pub(super) fn commit_all(&mut self, now: Instant, spare: &mut Spare<'_>) {
         let result = self.store.flush();
-        let held = core::mem::take(&mut self.held);
-        for (to, req, has) in held {
-            let ok = if has {
+        self.flushing = None;
+        self.release(now, |_| true, result, spare);
+    }
+
+    /// Answers the held writes `which` picks with `result`.
+    fn release(
+        &mut self,
+        now: Instant,
+        which: impl Fn(&Held) -> bool,
+        result: Result<(), StoreError>,
+        spare: &mut Spare<'_>,
+    ) {
+        let mut i = 0;
+        while i < self.held.len() {
+            if !which(&self.held[i]) {
+                i += 1;
+                continue;
+            }
+            // Answers go out in the order they were held.
+            let h = self.held.remove(i);
+            let ok = if h.has {
                 Response::Has(true)
             } else {
                 Response::Stored
             };
             match result {
-                Ok(()) => self.reply(now, to, req, &ok, spare),
-                Err(e) => self.reply_error(now, to, req, store_error(e), spare),
+                Ok(()) => self.reply(now, h.to, h.req, &ok, spare),
+                Err(e) => self.reply_error(now, h.to, h.req, store_error(e), spare),
             }
         }
+    }
+
+    /// Whether this node is one of `id`'s owners in its view.
+    pub(super) fn owns_chunk(&self, id: &ChunkId) -> bool {
+        let (ranked, q) = self.placement::<MAX_REPLICAS>(Pool::Data, &id.digest());
+        ranked[..usize::from(q.n).min(ranked.len())].contains(&self.id)
     }
 
     fn has_chunk(&mut self, id: ChunkId, buf: &mut [u8]) -> bool {

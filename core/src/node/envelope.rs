@@ -182,6 +182,11 @@ pub enum Request<'a> {
     ChunkHas {
         /// Its id.
         id: ChunkId,
+        /// Asked by a node that will delete its own copy on a yes (a
+        /// handoff): yes then also means the answering node is one of the
+        /// chunk's owners in its own view, so it keeps its copy; a holder
+        /// that is not answers [`RemoteError::NotOwner`].
+        handoff: bool,
     },
     /// Merge a record version into the copy held here.
     RecordStore {
@@ -218,6 +223,18 @@ pub enum Request<'a> {
         /// The GC round.
         round: u64,
     },
+
+    // ---- asked of a coordinator, again ----
+    /// Mark chunk `id` and the tree below it (`depth` levels) as referenced
+    /// in the current GC round, on its replicas: a put in progress keeps
+    /// the chunks it has written but no file record names yet. Answers
+    /// [`Response::Stored`] once the marks are on their way.
+    ChunkMark {
+        /// The chunk.
+        id: ChunkId,
+        /// Its depth in the tree being built (0: a data chunk).
+        depth: u8,
+    },
 }
 
 /// A node's answer.
@@ -253,6 +270,10 @@ pub enum Response {
         w: u8,
         /// Read quorum.
         r: u8,
+        /// Length of a GC round, in milliseconds: a put whose chunks wait
+        /// longer than half of one for their file record marks them again
+        /// ([`Request::ChunkMark`]).
+        gc_round_ms: u64,
     },
     /// A chunk reached its write quorum.
     ChunkWritten {
@@ -331,6 +352,9 @@ pub enum RemoteError {
     Io,
     /// A value is larger than the cluster takes.
     TooLarge,
+    /// The node holds the chunk but, in its view, is not one of its owners:
+    /// it will not keep it, so its copy cannot stand for a handoff's.
+    NotOwner,
 }
 
 impl core::fmt::Display for RemoteError {
@@ -351,6 +375,7 @@ impl core::fmt::Display for RemoteError {
             RemoteError::Corrupt => "stored data failed its integrity check",
             RemoteError::Io => "a replica's store failed",
             RemoteError::TooLarge => "the value is larger than the cluster takes",
+            RemoteError::NotOwner => "the node does not keep that chunk (not one of its owners)",
         })
     }
 }

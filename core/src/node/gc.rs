@@ -175,7 +175,7 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
 
     /// Sends `Mark` for chunk `id` to its replicas (this node's own copy is
     /// marked directly). False when a replica's queue is full.
-    fn send_mark(
+    pub(super) fn send_mark(
         &mut self,
         now: Instant,
         id: ChunkId,

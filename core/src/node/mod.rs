@@ -256,9 +256,11 @@ struct Engine<
     // The tables below track messages in flight, of which the link holds
     // at most `S`: they are sized by it, so a microcontroller's stay small.
     subs: heapless::Vec<coord::Sub, S>,
-    /// Answers waiting for the next flush: to whom, the request, and
-    /// whether it is a chunk's `Has(true)` (else a write's `Stored`).
-    held: heapless::Vec<(NodeId, u64, bool), S>,
+    /// Answers waiting for their writes to be durable.
+    held: heapless::Vec<coord::Held, S>,
+    /// The flush running in the background, if any (see
+    /// [`Storage::flush_begin`]).
+    flushing: Option<u64>,
     // Nodes a coordinator skips (full) or tries last (slow); only a node
     // that coordinates needs them, so they are sized like its operations.
     full: heapless::Vec<(NodeId, Instant), C>,
@@ -330,6 +332,7 @@ impl<
                 coords: heapless::Vec::new(),
                 subs: heapless::Vec::new(),
                 held: heapless::Vec::new(),
+                flushing: None,
                 full: heapless::Vec::new(),
                 slow: heapless::Vec::new(),
                 sweep: sweep::Sweep::new(now),
@@ -390,8 +393,11 @@ impl<
         !self.engine.held.is_empty()
     }
 
-    /// Flushes the store and releases the acknowledgements of every write
-    /// made since the last commit. Call after each batch of inputs.
+    /// Group commit: releases the acknowledgements of the writes that are
+    /// now durable, and starts a flush for the rest ([`Storage::flush_begin`];
+    /// one with a store that syncs in the background, which this call later
+    /// collects through [`Storage::flush_poll`]). Call after each batch of
+    /// inputs, and whenever the store says a background flush ended.
     pub fn commit(&mut self, now: Instant) {
         let (scratch, mut spare, engine) = self.parts();
         engine.commit(now, &mut spare);

@@ -68,13 +68,16 @@ pub(super) struct Probe {
     pub(super) deadline: Instant,
 }
 
-/// A chunk this node holds but no longer owns: how many current replicas
-/// must confirm a copy before it is deleted here, and how many have.
-#[derive(Clone, Copy, Debug)]
+/// A chunk this node holds but no longer owns: the current replicas that
+/// must confirm a copy before it is deleted here, and the probes sent to
+/// them for this handoff that have not yet confirmed. Only those probes
+/// count, each once: an answer to an older probe (from a sweep under an
+/// earlier view, when the owners were others) confirms nothing.
+#[derive(Clone, Debug)]
 pub(super) struct Handoff {
     chunk: ChunkId,
-    need: u8,
-    got: u8,
+    owners: heapless::Vec<NodeId, MAX_REPLICAS>,
+    waiting: heapless::Vec<u64, MAX_REPLICAS>,
 }
 
 impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize, const C: usize>
@@ -215,8 +218,8 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
             }
             let _ = self.handoffs.push(Handoff {
                 chunk,
-                need: others as u8,
-                got: 0,
+                owners: owners.iter().copied().collect(),
+                waiting: heapless::Vec::new(),
             });
         }
         for &node in owners {
@@ -224,9 +227,14 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
                 continue;
             }
             let id = self.take_request_id();
-            match self.send_request(now, node, id, &Request::ChunkHas { id: chunk }, spare) {
+            let handoff = self.handoffs.iter().any(|h| h.chunk == chunk);
+            let r = Request::ChunkHas { id: chunk, handoff };
+            match self.send_request(now, node, id, &r, spare) {
                 Sent::Queued(_) => {}
-                Sent::Unencodable => return true,
+                Sent::Unencodable => {
+                    self.handoffs.retain(|h| h.chunk != chunk);
+                    return true;
+                }
                 Sent::NoRoom => {
                     self.handoffs.retain(|h| h.chunk != chunk);
                     return false;
@@ -238,6 +246,9 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
                 chunk,
                 deadline: now + self.request_timeout,
             });
+            if let Some(h) = self.handoffs.iter_mut().find(|h| h.chunk == chunk) {
+                let _ = h.waiting.push(id);
+            }
         }
         true
     }
@@ -253,15 +264,29 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
         let chunk = probe.chunk;
         match envelope::decode_response(buf.get(PREFIX_LEN..).unwrap_or_default()) {
             Some((Response::Has(true), _)) => {
-                let Some(i) = self.handoffs.iter().position(|h| h.chunk == chunk) else {
+                let Some(i) = self
+                    .handoffs
+                    .iter()
+                    .position(|h| h.chunk == chunk && h.waiting.contains(&probe.id))
+                else {
                     return;
                 };
-                self.handoffs[i].got += 1;
-                if self.handoffs[i].got >= self.handoffs[i].need {
-                    self.handoffs.swap_remove(i);
-                    if self.store.remove(Space::Chunks, &chunk.0).is_ok() {
-                        self.stats.handed_off += 1;
-                    }
+                self.handoffs[i].waiting.retain(|id| *id != probe.id);
+                if !self.handoffs[i].waiting.is_empty() {
+                    return;
+                }
+                let h = self.handoffs.swap_remove(i);
+                // The owners that confirmed must still be the owners, and
+                // this node still not one of them.
+                let (ranked, q) = self.placement::<MAX_REPLICAS>(Pool::Data, &chunk.digest());
+                let owners = &ranked[..usize::from(q.n).min(ranked.len())];
+                let same =
+                    owners.len() == h.owners.len() && owners.iter().all(|n| h.owners.contains(n));
+                if same
+                    && !owners.contains(&self.id)
+                    && self.store.remove(Space::Chunks, &chunk.0).is_ok()
+                {
+                    self.stats.handed_off += 1;
                 }
             }
             Some((Response::Has(false), _)) => {

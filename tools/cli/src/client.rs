@@ -350,7 +350,7 @@ pub struct Client {
     read_timeout: Option<StdDuration>,
     /// The contact's file-system settings (chunk size, replicas, read
     /// quorum), once asked: they hold for the connection.
-    pub fs_info: Option<(u32, u8, u8)>,
+    pub fs_info: Option<crate::fs::Info>,
     /// Versions for the writes this client numbers itself.
     hlc: HlcClock,
 }

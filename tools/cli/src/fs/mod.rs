@@ -216,7 +216,6 @@ fn call(client: &mut Client, request: Request<'_>, access: Access) -> Result<Rep
         .ok_or_else(|| anyhow!("a request went unanswered"))
 }
 
-/// The cluster's chunk size and quorums, as the contact has them.
 /// The contact's file-system settings.
 #[derive(Clone, Copy, Debug)]
 pub struct Info {
@@ -226,24 +225,37 @@ pub struct Info {
     pub n: u8,
     /// Read quorum.
     pub r: u8,
+    /// Length of a GC round: chunks no file record names yet are kept for
+    /// a few rounds, so a put marks its chunks again every half round.
+    pub gc_round: std::time::Duration,
 }
 
 /// Asks the contact for its file-system settings.
 pub fn info(client: &mut Client) -> Result<Info> {
     // Asked once per connection: a put of many small files would otherwise
     // spend a round trip of each on it.
-    if let Some((chunk_size, n, r)) = client.fs_info {
-        return Ok(Info { chunk_size, n, r });
+    if let Some(info) = client.fs_info {
+        return Ok(info);
     }
     match call(client, Request::FsInfo, Access::Read)?.response {
         Response::FsInfo {
-            chunk_size, n, r, ..
+            chunk_size,
+            n,
+            r,
+            gc_round_ms,
+            ..
         } => {
             if !shoal_core::fs::CHUNK_SIZES.contains(&chunk_size) {
                 bail!("the node asks for chunks of {chunk_size} bytes, which this client refuses");
             }
-            client.fs_info = Some((chunk_size, n, r));
-            Ok(Info { chunk_size, n, r })
+            let info = Info {
+                chunk_size,
+                n,
+                r,
+                gc_round: std::time::Duration::from_millis(gc_round_ms.max(1)),
+            };
+            client.fs_info = Some(info);
+            Ok(info)
         }
         other => bail!("the node answered FsInfo with {other:?}"),
     }

@@ -99,6 +99,10 @@ pub fn put_from(client: &mut Client, source: Source, remote: &Remote) -> Result<
         chunks: 0,
         size: 0,
         bar: bar.clone(),
+        refresh_every: info.gc_round / 2,
+        refreshed: Instant::now(),
+        marks: VecDeque::new(),
+        index_in_flight: 0,
     };
     let driven = drive(client, &mut work, window);
     if let Some(refusal) = work.target.refusal.take() {
@@ -123,6 +127,18 @@ pub fn put_from(client: &mut Client, source: Source, remote: &Remote) -> Result<
         bail!("cannot put {remote}: the chunk tree came out inconsistent ({meta:?})");
     }
     bar.finish_and_clear();
+    // Chunks no file record names are kept only a few GC rounds: a put
+    // that took long marks its tree once more before naming it.
+    if let Some(root) = root
+        && work.refreshed.elapsed() >= work.refresh_every
+    {
+        super::call(
+            client,
+            Request::ChunkMark { id: root, depth },
+            Access::Write,
+        )
+        .with_context(|| format!("cannot put {remote} (nothing was changed)"))?;
+    }
 
     // The commit point: the file record, and its entry under the same
     // version, with the entries of the directories above it, all at once.
@@ -272,12 +288,24 @@ struct PutWork<'p> {
     chunks: u64,
     size: u64,
     bar: ProgressBar,
+    /// How often the chunks written so far are marked again for GC: every
+    /// half round, so none is reclaimed before the file record names it.
+    refresh_every: std::time::Duration,
+    refreshed: Instant,
+    /// Marks of the latest refresh still to send.
+    marks: VecDeque<(ChunkId, u8)>,
+    /// Index chunks sent but not yet stored: a mark reaches the children
+    /// of an index chunk only once it is stored, so a refresh waits for
+    /// these (and for those still queued in `index`).
+    index_in_flight: usize,
 }
 
 enum PutJob {
     /// Read the target's record `i`.
     Check(usize),
     Chunk(ChunkJob),
+    /// Mark a subtree written so far for GC.
+    Mark(ChunkId, u8),
 }
 
 struct ChunkJob {
@@ -285,6 +313,7 @@ struct ChunkJob {
     data: Vec<u8>,
     /// File bytes it carries (0 for an index chunk).
     file_bytes: u64,
+    index: bool,
 }
 
 impl Work for PutWork<'_> {
@@ -299,7 +328,23 @@ impl Work for PutWork<'_> {
         if !t.known() && self.chunks as usize >= self.window {
             return Ok(None);
         }
-        Ok(self.next_chunk()?.map(PutJob::Chunk))
+        if self.marks.is_empty()
+            && self.index.is_empty()
+            && self.index_in_flight == 0
+            && self.refreshed.elapsed() >= self.refresh_every
+            && let Some(tree) = &self.tree
+        {
+            self.marks.extend(tree.cover());
+            self.refreshed = Instant::now();
+        }
+        if let Some((id, depth)) = self.marks.pop_front() {
+            return Ok(Some(PutJob::Mark(id, depth)));
+        }
+        let chunk = self.next_chunk()?;
+        if chunk.as_ref().is_some_and(|c| c.index) {
+            self.index_in_flight += 1;
+        }
+        Ok(chunk.map(PutJob::Chunk))
     }
 
     fn request<'a>(&'a self, job: &'a PutJob) -> Request<'a> {
@@ -308,6 +353,10 @@ impl Work for PutWork<'_> {
                 key: &self.target.keys[*i],
             },
             PutJob::Chunk(c) => Request::ChunkWrite { data: &c.data },
+            PutJob::Mark(id, depth) => Request::ChunkMark {
+                id: *id,
+                depth: *depth,
+            },
         }
     }
 
@@ -331,8 +380,13 @@ impl Work for PutWork<'_> {
             }
             (PutJob::Chunk(c), Response::ChunkWritten { id, .. }) if id == c.id => {
                 self.bar.inc(c.file_bytes);
+                if c.index {
+                    self.index_in_flight -= 1;
+                }
                 Ok(())
             }
+            (PutJob::Mark(..), Response::Stored) => Ok(()),
+            (PutJob::Mark(..), other) => bail!("the node answered a chunk mark with {other:?}"),
             (PutJob::Check(_), other) => bail!("the node answered a record read with {other:?}"),
             (PutJob::Chunk(_), other) => bail!("the node answered a chunk write with {other:?}"),
         }
@@ -341,7 +395,7 @@ impl Work for PutWork<'_> {
     fn failed(&mut self, job: PutJob, failure: OpFailure) -> Result<()> {
         let access = match job {
             PutJob::Check(_) => Access::Read,
-            PutJob::Chunk(_) => Access::Write,
+            PutJob::Chunk(_) | PutJob::Mark(..) => Access::Write,
         };
         Err(explain(failure, access))
     }
@@ -356,6 +410,7 @@ impl PutWork<'_> {
                 id,
                 data,
                 file_bytes: 0,
+                index: true,
             }));
         }
         let PutWork {
@@ -383,6 +438,7 @@ impl PutWork<'_> {
                 id,
                 data,
                 file_bytes: 0,
+                index: true,
             }));
         }
         data.truncate(n);
@@ -396,6 +452,7 @@ impl PutWork<'_> {
             id,
             data,
             file_bytes: n as u64,
+            index: false,
         }))
     }
 }
