@@ -154,9 +154,9 @@ fn index_of(m: &[u8]) -> u32 {
     u32::from_le_bytes([m[0], m[1], m[2], m[3]])
 }
 
-fn exchange(seed: u64) {
-    let config = LinkConfig::default();
-    let mut ends = [End::<64>::new(1, 1, config), End::<64>::new(2, 1, config)];
+fn exchange<const S: usize>(seed: u64, config: LinkConfig) {
+    let window = usize::from(config.window);
+    let mut ends = [End::<S>::new(1, 1, config), End::<S>::new(2, 1, config)];
     // 10% loss, 5% duplication, up to 30 ms of delay (so heavy reordering).
     let mut net = Net::new(seed, 100_000, 50_000, Duration::from_millis(30));
     let mut rng = Rng::new(seed);
@@ -181,14 +181,14 @@ fn exchange(seed: u64) {
                 }
             }
         }
-        flush(&mut ends, &mut net, now, 8);
+        flush(&mut ends, &mut net, now, window);
         let done = ends.iter().map(|e| e.received.len()).sum::<usize>() == 2 * per_side as usize;
         if done {
             break;
         }
         assert!(now < limit, "seed {seed}: stalled");
         assert!(
-            step(&mut ends, &mut net, &mut now, 8),
+            step(&mut ends, &mut net, &mut now, window),
             "seed {seed}: nothing left to do"
         );
     }
@@ -217,7 +217,62 @@ fn exchange(seed: u64) {
 #[test]
 fn thousand_messages_over_loss_duplication_and_reordering_arrive_exactly_once() {
     for seed in 1..=3 {
-        exchange(seed);
+        exchange::<64>(seed, LinkConfig::default());
+    }
+}
+
+/// The same with the hosts' settings: 128 fragments in flight (far past
+/// the 32 the selective ack covers) and an ack every 8 frames.
+#[test]
+fn the_same_with_a_host_window_of_128_and_sparse_acks() {
+    // A link with 512 slots is built on the stack first.
+    std::thread::Builder::new()
+        .stack_size(64 << 20)
+        .spawn(|| {
+            for seed in 1..=3 {
+                exchange::<512>(seed, LinkConfig::host());
+            }
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+/// With acks every 8 frames, a burst costs a few acks, and its tail (marked
+/// "ack now") is acknowledged at once rather than after the ack delay.
+#[test]
+fn sparse_acks_still_acknowledge_a_burst_tail_at_once() {
+    for (config, most_acks) in [(LinkConfig::host(), 3), (LinkConfig::default(), 16)] {
+        let mut ends = [End::<64>::new(1, 1, config), End::<64>::new(2, 1, config)];
+        // No loss and a fixed delay: frames arrive in order (a frame out of
+        // order is acked at once, whatever the setting).
+        let mut net = Net::new(5, 0, 0, Duration::from_micros(1));
+        let mut now = Instant::ZERO;
+        let mut ids = Vec::new();
+        for i in 0..2 {
+            let m = message(5, i, 8 * shoal_core::link::FRAGMENT);
+            ids.push(ends[0].link.send(now, NodeId(2), 1, &m).unwrap());
+        }
+        ids.push(
+            ends[0]
+                .link
+                .send(now, NodeId(2), 1, b"one fragment")
+                .unwrap(),
+        );
+        flush(&mut ends, &mut net, now, usize::from(config.window));
+        while ends[0].events.len() < ids.len() {
+            assert!(step(
+                &mut ends,
+                &mut net,
+                &mut now,
+                usize::from(config.window)
+            ));
+        }
+        let acks = ends[1].link.stats().acks_sent;
+        assert!(acks <= most_acks, "{acks} acks for 17 frames");
+        // Well within the 5 ms ack delay: nothing waited for it.
+        assert!(now < Instant::from_millis(2), "delivered at {now:?}");
+        assert_eq!(ends[1].received.len(), 3);
     }
 }
 
