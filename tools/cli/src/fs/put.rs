@@ -168,9 +168,14 @@ pub fn put_from(client: &mut Client, source: Source, remote: &Remote) -> Result<
     let dir_value = dir_entry
         .encode(&mut buf)
         .ok_or_else(|| anyhow!("the directory entry does not encode"))?;
+    // Directories are never removed, so an ancestor already listed as a
+    // directory needs no write.
+    let listed = work.target.listed_dirs();
     let keys = up
         .iter()
-        .map(|(parent, name, _)| entry_key(*parent, name))
+        .zip(listed)
+        .filter(|(_, listed)| !listed)
+        .map(|((parent, name, _), _)| entry_key(*parent, name))
         .collect::<Result<Vec<_>>>()?;
     let mut writes = vec![
         Request::RecordWrite {
@@ -242,6 +247,19 @@ impl Target {
         })
     }
 
+    /// For each directory above the file, innermost first: whether its
+    /// parent already lists it as a directory.
+    fn listed_dirs(&self) -> Vec<bool> {
+        self.records
+            .iter()
+            .skip(2)
+            .map(|r| {
+                r.as_ref()
+                    .is_some_and(|r| entry_kind(r) == Some(EntryKind::Dir))
+            })
+            .collect()
+    }
+
     /// Every read answered.
     fn known(&self) -> bool {
         self.records.iter().all(Option::is_some)
@@ -255,11 +273,7 @@ impl Target {
         if records.len() != self.keys.len() {
             bail!("cannot put {remote}: a record read went unanswered");
         }
-        let kind = |r: &Record| {
-            r.live()
-                .then(|| DirEntry::decode(&r.value).map(|e| e.kind))
-                .flatten()
-        };
+        let kind = entry_kind;
         if kind(records[1]) == Some(EntryKind::Dir) {
             bail!("cannot put {remote}: it is a directory");
         }
@@ -270,6 +284,13 @@ impl Target {
         }
         Ok(records[0].version)
     }
+}
+
+/// The kind of a live directory entry.
+fn entry_kind(r: &Record) -> Option<EntryKind> {
+    r.live()
+        .then(|| DirEntry::decode(&r.value).map(|e| e.kind))
+        .flatten()
 }
 
 struct PutWork<'p> {
