@@ -17,15 +17,18 @@
 //! the node is built. A [`HostNode`] is several hundred KB: build it on a
 //! thread with a large stack and keep it boxed (see [`crate::host`]).
 
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny, sendmmsg};
 use shoal_core::Instant;
 use shoal_core::member::MemberEvent;
 use shoal_core::node::{EVENTS, Event, MAX_MESSAGE, Node};
 use shoal_core::store::Storage;
 use shoal_core::wire::MAX_DATAGRAM;
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{debug, info};
@@ -35,6 +38,9 @@ use crate::status::{MemberView, Snapshot};
 /// The node as hosts run it on store `S`: 256 members, 288 link peers,
 /// 1024 link slots, 128 quorum operations coordinated at once.
 pub type HostNode<S> = Node<S, 256, 288, 1024, MAX_MESSAGE, EVENTS, 128>;
+
+/// Most datagrams sent with one system call.
+const TX_BATCH: usize = 32;
 
 /// Most datagrams handled between two store flushes.
 pub const BATCH: usize = 64;
@@ -81,7 +87,10 @@ pub struct Driver<S: Storage> {
     commands: mpsc::Receiver<Command>,
     flushed: Arc<Notify>,
     rx: Box<[u8; RECV_BUF]>,
-    tx: Box<[u8; MAX_DATAGRAM]>,
+    /// Datagrams gathered for one `sendmmsg`, with their lengths and
+    /// destinations.
+    tx: Box<[[u8; MAX_DATAGRAM]; TX_BATCH]>,
+    tx_len: [(usize, SocketAddr); TX_BATCH],
 }
 
 impl<S: Storage> Driver<S> {
@@ -101,7 +110,8 @@ impl<S: Storage> Driver<S> {
             commands,
             flushed,
             rx: Box::new([0; RECV_BUF]),
-            tx: Box::new([0; MAX_DATAGRAM]),
+            tx: Box::new([[0; MAX_DATAGRAM]; TX_BATCH]),
+            tx_len: [(0, SocketAddr::from(([0, 0, 0, 0], 0))); TX_BATCH],
         }
     }
 
@@ -183,12 +193,64 @@ impl<S: Storage> Driver<S> {
         }
     }
 
-    /// Sends every datagram the node has queued.
+    /// Sends every datagram the node has queued, up to [`TX_BATCH`] per
+    /// system call.
     async fn transmit(&mut self, now: Instant) {
-        while let Some(t) = self.node.poll_transmit(now, &mut self.tx[..]) {
-            if let Err(e) = self.socket.send_to(&self.tx[..t.len], t.dst).await {
-                // Lost like any datagram; probes and retransmits cover it.
-                debug!(dst = %t.dst, error = %e, "send failed");
+        loop {
+            let mut n = 0;
+            while n < TX_BATCH {
+                let Some(t) = self.node.poll_transmit(now, &mut self.tx[n][..]) else {
+                    break;
+                };
+                self.tx_len[n] = (t.len, t.dst);
+                n += 1;
+            }
+            self.send_batch(n).await;
+            if n < TX_BATCH {
+                return;
+            }
+        }
+    }
+
+    /// Sends the first `n` gathered datagrams with `sendmmsg`, waiting
+    /// while the socket buffer is full.
+    async fn send_batch(&mut self, n: usize) {
+        let mut sent = 0;
+        while sent < n {
+            let addrs: Vec<SocketAddrAny> = self.tx_len[sent..n]
+                .iter()
+                .map(|(_, dst)| SocketAddrAny::from(*dst))
+                .collect();
+            let iovs: Vec<[IoSlice<'_>; 1]> = (sent..n)
+                .map(|i| [IoSlice::new(&self.tx[i][..self.tx_len[i].0])])
+                .collect();
+            let mut controls: [SendAncillaryBuffer<'_, '_, '_>; TX_BATCH] =
+                std::array::from_fn(|_| SendAncillaryBuffer::default());
+            let mut msgs: Vec<MMsgHdr<'_>> = addrs
+                .iter()
+                .zip(&iovs)
+                .zip(controls.iter_mut())
+                .map(|((addr, iov), control)| MMsgHdr::new_with_addr(addr, iov, control))
+                .collect();
+            let socket = &self.socket;
+            let result = socket.try_io(Interest::WRITABLE, || {
+                sendmmsg(socket, &mut msgs, SendFlags::empty()).map_err(io::Error::from)
+            });
+            match result {
+                Ok(k) => sent += k.max(1),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    drop(msgs);
+                    if let Err(e) = self.socket.writable().await {
+                        debug!(error = %e, "socket not writable");
+                        return;
+                    }
+                }
+                Err(e) => {
+                    // The first datagram failed (an ICMP error, say): lost
+                    // like any datagram; probes and retransmits cover it.
+                    debug!(dst = %self.tx_len[sent].1, error = %e, "send failed");
+                    sent += 1;
+                }
             }
         }
     }
