@@ -306,9 +306,18 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
                 if !id.verifies(data) {
                     return self.reply_error(now, from, req, RemoteError::Corrupt, spare);
                 }
+                // A chunk new here carries no mark, and keeps none until
+                // the sweep meets it (see `born`); one stored before, or
+                // marked before (its copy since handed off), may carry an
+                // old mark, which must not date it.
+                let mut probe = [0u8; 0];
+                let seen_before = self.mark_of(&id).is_some()
+                    || !matches!(self.store.get(Space::Chunks, &id.0, &mut probe), Ok(None));
                 match self.store.put(Space::Chunks, &id.0, data) {
                     Ok(()) => {
-                        self.born(now, &id);
+                        if seen_before {
+                            self.born(now, &id);
+                        }
                         self.hold(now, from, req, spare)
                     }
                     Err(e) => self.reply_error(now, from, req, store_error(e), spare),

@@ -5,17 +5,21 @@
 //! replicas. A replica that holds the chunk records the round; when the
 //! chunk is an index chunk and the mark is news, it queues the chunk (in
 //! its store, so a crash loses nothing) and marks each child the same way, paced like the
-//! anti-entropy sweep. A chunk is also marked with the current round when
-//! it is stored, so a put in progress keeps its chunks before its file
-//! record exists.
+//! anti-entropy sweep. A chunk with no mark is never reclaimed: a new
+//! chunk gets its first mark when the sweep first meets it (and a chunk
+//! stored again, when it is stored), so a put in progress keeps its chunks
+//! before its file record exists; a long put marks them again itself.
 //!
 //! The sweep deletes a chunk whose last mark is more than
 //! [`DataConfig::gc_keep`] rounds old — but only while the node has seen
 //! the cluster undisturbed (no member joined, was suspected, died or left,
-//! and the node itself was up) for longer than that. Marks travel on the reliable link and
-//! are never dropped for lack of room (they wait), so in an undisturbed
-//! cluster every referenced chunk is marked every round; a disturbance
-//! that could lose a mark stops reclaiming for `gc_keep` rounds.
+//! and the node itself was up) for longer than that, and every member it
+//! knows is alive. Marks travel on the reliable link and are never dropped
+//! for lack of room (they wait), so in an undisturbed cluster of live
+//! members every referenced chunk is marked every round; a disturbance
+//! that could lose a mark stops reclaiming for `gc_keep` rounds, and a dead
+//! member (crashed, or partitioned away and declared dead) stops it until
+//! it returns or leaves, since marks cannot cross to or from it.
 //!
 //! So space of a removed or overwritten file is reclaimed within
 //! `gc_keep + 2` rounds of the change in a stable cluster (50 minutes with
@@ -23,6 +27,7 @@
 
 use super::*;
 use crate::fs::{ChunkId, FileMeta, INDEX_CHUNK};
+use crate::member::State;
 use crate::repl::{MAX_REPLICAS, RecordKey, Stored};
 use crate::store::Space;
 
@@ -65,7 +70,7 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
     }
 
     /// The round chunk `id` was last marked in, if ever.
-    fn mark_of(&self, id: &ChunkId) -> Option<u64> {
+    pub(super) fn mark_of(&self, id: &ChunkId) -> Option<u64> {
         let mut v = [0u8; 8];
         match self.store.get(Space::Local, &local_key(MARK, id), &mut v) {
             Ok(Some(8)) => Some(u64::from_le_bytes(v)),
@@ -84,7 +89,12 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
             .is_ok()
     }
 
-    /// A chunk was just stored here: it counts as referenced this round.
+    /// Chunk `id` counts as referenced this round. Done when a chunk is
+    /// stored again (a new file shares it, and its mark may be old), and by
+    /// the sweep for a chunk with no mark. A chunk stored for the first
+    /// time gets none then: GC never reclaims an unmarked chunk, so it is
+    /// kept until the sweep first meets it and for `gc_keep` rounds after,
+    /// and the write path is spared a second write per chunk.
     pub(super) fn born(&mut self, now: Instant, id: &ChunkId) {
         let round = self.gc_round(now);
         self.set_mark(id, round);
@@ -122,7 +132,15 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
         let keep = self.data.gc_keep;
         let calm_for = now.saturating_since(self.last_disturbance);
         let calm_rounds = calm_for.as_millis() / self.data.gc_round.as_millis().max(1);
+        // Marks travel only between live members: while one is dead (or
+        // partitioned away and declared dead), the chunks its side holds or
+        // marks are out of reach, however long the view stays unchanged.
+        let all_up = self
+            .member
+            .members()
+            .all(|m| matches!(m.state(), State::Alive | State::Left));
         calm_rounds > keep
+            && all_up
             && self
                 .mark_of(id)
                 .is_some_and(|m| m.saturating_add(keep) < round)
