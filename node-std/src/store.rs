@@ -15,7 +15,6 @@
 //! redb locks the file while it is open: a second process on the same data
 //! dir gets [`OpenError::Locked`].
 
-use std::cell::{Ref, RefCell};
 use std::collections::BTreeMap;
 use std::io;
 use std::ops::Bound;
@@ -23,8 +22,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 
 use redb::{
-    Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    TableDefinition, WriteTransaction,
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
 };
 use shoal_core::store::{FlushBegun, Space, Storage, StoreError, Usage};
 
@@ -134,10 +133,6 @@ pub struct DiskStore {
     /// next flush returns it.
     lost: Option<StoreError>,
     committer: Committer,
-    /// A snapshot of the committed state, taken at the first read after a
-    /// commit ended (the state changes only then). Before `db`, so it goes
-    /// first.
-    read: RefCell<Option<ReadTransaction>>,
     /// `None` only while a reopen after a failure has itself failed; the
     /// next flush tries again.
     db: Option<Database>,
@@ -216,7 +211,6 @@ impl DiskStore {
             next_ticket: 1,
             lost: None,
             committer: Committer::start().map_err(io_error)?,
-            read: RefCell::new(None),
             db: Some(db),
             usage,
             quota: None,
@@ -273,7 +267,6 @@ impl DiskStore {
     pub fn close(mut self) -> Result<(), StoreError> {
         let flushed = self.flush();
         self.committer.stop();
-        self.read.replace(None);
         let closed = match self.db.take() {
             Some(db) => db.close().map_err(store_error),
             None => Ok(()),
@@ -283,15 +276,6 @@ impl DiskStore {
 
     fn db(&self) -> Result<&Database, StoreError> {
         self.db.as_ref().ok_or(StoreError::Io)
-    }
-
-    /// The committed state, as of the last commit's end.
-    fn snapshot(&self) -> Result<Ref<'_, ReadTransaction>, StoreError> {
-        if self.read.borrow().is_none() {
-            let txn = self.db()?.begin_read().map_err(store_error)?;
-            *self.read.borrow_mut() = Some(txn);
-        }
-        Ref::filter_map(self.read.borrow(), Option::as_ref).map_err(|_| StoreError::Io)
     }
 
     /// The newest state of `key` among the batches not yet committed:
@@ -312,7 +296,7 @@ impl DiskStore {
         if let Some(v) = self.uncommitted(space, key) {
             return Ok(v.map(<[u8]>::len));
         }
-        let txn = self.snapshot()?;
+        let txn = self.db()?.begin_read().map_err(store_error)?;
         let t = txn.open_table(table(space)).map_err(store_error)?;
         Ok(t.get(key).map_err(store_error)?.map(|v| v.value().len()))
     }
@@ -331,8 +315,6 @@ impl DiskStore {
 
     /// Takes note that the commit `ticket` ended with `result`.
     fn ended(&mut self, ticket: u64, result: Result<(), redb::Error>) -> Result<(), StoreError> {
-        // The committed state changed: the next read takes a new snapshot.
-        self.read.replace(None);
         let batch = self.inflight.take();
         debug_assert!(
             batch
@@ -367,10 +349,8 @@ impl DiskStore {
     }
 
     fn reopen(&mut self) {
-        // The old handle holds the file lock: it must go first, after the
-        // snapshot. Nothing is being committed (a commit's end is what
-        // brings us here).
-        self.read.replace(None);
+        // The old handle holds the file lock: it must go first. Nothing is
+        // being committed (a commit's end is what brings us here).
         self.db = None;
         match Self::open_file(&self.path) {
             Ok(db) => {
@@ -423,7 +403,6 @@ impl DiskStore {
         self.pending = Layer::default();
         let _ = self.wait_inflight();
         self.committer.stop();
-        self.read.replace(None);
         self.db = None;
     }
 }
@@ -479,7 +458,7 @@ impl Storage for DiskStore {
         if let Some(v) = self.uncommitted(space, key) {
             return v.map_or(Ok(None), |v| copy_out(v, out));
         }
-        let txn = self.snapshot()?;
+        let txn = self.db()?.begin_read().map_err(store_error)?;
         let t = txn.open_table(table(space)).map_err(store_error)?;
         match t.get(key).map_err(store_error)? {
             Some(v) => copy_out(v.value(), out),
@@ -582,7 +561,7 @@ impl Storage for DiskStore {
         out: &mut [u8],
     ) -> Result<Option<usize>, StoreError> {
         let i = space as usize;
-        let txn = self.snapshot()?;
+        let txn = self.db()?.begin_read().map_err(store_error)?;
         let t = txn.open_table(table(space)).map_err(store_error)?;
         let mut cursor: Option<Vec<u8>> = after.map(<[u8]>::to_vec);
         loop {
