@@ -466,14 +466,19 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
         result: Result<(), StoreError>,
         spare: &mut Spare<'_>,
     ) {
+        // Take them all first: an answer to this node itself is served at
+        // once and may hold a new write, which this flush does not cover.
+        let mut taken: heapless::Vec<Held, S> = heapless::Vec::new();
         let mut i = 0;
         while i < self.held.len() {
-            if !which(&self.held[i]) {
+            if which(&self.held[i]) {
+                // In the order they were held.
+                let _ = taken.push(self.held.remove(i));
+            } else {
                 i += 1;
-                continue;
             }
-            // Answers go out in the order they were held.
-            let h = self.held.remove(i);
+        }
+        for h in taken {
             let ok = if h.has {
                 Response::Has(true)
             } else {
