@@ -293,12 +293,24 @@ impl DiskStore {
 
     /// The length of the value under `key`, if any.
     fn len_of(&self, space: Space, key: &[u8]) -> Result<Option<usize>, StoreError> {
+        self.lookup(space, key, |v| Ok(v.map(<[u8]>::len)))
+    }
+
+    /// Hands `f` the newest value under `key`: from the batches not yet
+    /// committed, else from the database.
+    fn lookup<R>(
+        &self,
+        space: Space,
+        key: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
         if let Some(v) = self.uncommitted(space, key) {
-            return Ok(v.map(<[u8]>::len));
+            return f(v);
         }
         let txn = self.db()?.begin_read().map_err(store_error)?;
         let t = txn.open_table(table(space)).map_err(store_error)?;
-        Ok(t.get(key).map_err(store_error)?.map(|v| v.value().len()))
+        let value = t.get(key).map_err(store_error)?;
+        f(value.as_ref().map(|v| v.value()))
     }
 
     /// Ends the commit in flight, waiting for it.
@@ -455,15 +467,7 @@ fn next_key_in_layer(
 
 impl Storage for DiskStore {
     fn get(&self, space: Space, key: &[u8], out: &mut [u8]) -> Result<Option<usize>, StoreError> {
-        if let Some(v) = self.uncommitted(space, key) {
-            return v.map_or(Ok(None), |v| copy_out(v, out));
-        }
-        let txn = self.db()?.begin_read().map_err(store_error)?;
-        let t = txn.open_table(table(space)).map_err(store_error)?;
-        match t.get(key).map_err(store_error)? {
-            Some(v) => copy_out(v.value(), out),
-            None => Ok(None),
-        }
+        self.lookup(space, key, |v| v.map_or(Ok(None), |v| copy_out(v, out)))
     }
 
     fn put(&mut self, space: Space, key: &[u8], value: &[u8]) -> Result<(), StoreError> {

@@ -209,7 +209,9 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
         {
             return false;
         }
-        if !owners.contains(&self.id) && others > 0 {
+        // Not an owner any more: the copy here goes once the owners confirm.
+        let handoff = !owners.contains(&self.id) && others > 0;
+        if handoff {
             if self.handoffs.iter().any(|h| h.chunk == chunk) {
                 return true;
             }
@@ -227,7 +229,6 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
                 continue;
             }
             let id = self.take_request_id();
-            let handoff = self.handoffs.iter().any(|h| h.chunk == chunk);
             let r = Request::ChunkHas { id: chunk, handoff };
             match self.send_request(now, node, id, &r, spare) {
                 Sent::Queued(_) => {}
@@ -246,7 +247,7 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
                 chunk,
                 deadline: now + self.request_timeout,
             });
-            if let Some(h) = self.handoffs.iter_mut().find(|h| h.chunk == chunk) {
+            if handoff && let Some(h) = self.handoffs.iter_mut().find(|h| h.chunk == chunk) {
                 let _ = h.waiting.push(id);
             }
         }
