@@ -26,10 +26,32 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
+/// Refuses to go on, with a clear message, on a CPU below the x86-64-v3
+/// level the host build targets (see `.cargo/config.toml`), rather than
+/// dying of an illegal instruction later.
+fn check_cpu() -> Result<(), String> {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    if !(std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("bmi2")
+        && std::is_x86_feature_detected!("fma"))
+    {
+        return Err(
+            "this build needs an x86-64-v3 CPU (AVX2, BMI2, FMA); rebuild with \
+             RUSTFLAGS=\"-C target-cpu=x86-64\" for this one"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 /// How long a request to another node waits for its answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
+    if let Err(e) = check_cpu() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let flags = Flags::parse();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))

@@ -344,10 +344,32 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
+/// Refuses to go on, with a clear message, on a CPU below the x86-64-v3
+/// level the host build targets (see `.cargo/config.toml`), rather than
+/// dying of an illegal instruction later.
+fn check_cpu() -> Result<(), String> {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    if !(std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("bmi2")
+        && std::is_x86_feature_detected!("fma"))
+    {
+        return Err(
+            "this build needs an x86-64-v3 CPU (AVX2, BMI2, FMA); rebuild with \
+             RUSTFLAGS=\"-C target-cpu=x86-64\" for this one"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     std::panic::set_hook(Box::new(|info| {
         eprintln!("shoal: internal error: {info}");
     }));
+    if let Err(e) = check_cpu() {
+        eprintln!("shoal: {e}");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     // The client node is built on this thread's stack before it is boxed;
     // give it room whatever the platform's main-thread stack is.
