@@ -1,12 +1,14 @@
 //! The durable store: [`Storage`] on a redb database in the data dir.
 //!
-//! One redb table per [`Space`], named by [`Space::name`].
+//! One redb table per [`Space`], named by [`Space::name`], except chunks:
+//! their bytes are appended to segment files under `DIR/chunks/` and redb
+//! holds only where each one is (the `chunk_index` table; see [`log`]).
 //!
 //! Group commit, in the background: puts and removes gather in memory,
 //! visible at once to `get` and `next_key`; a flush hands the batch to a
 //! committer thread, which writes it into one redb transaction and commits
 //! it with redb's `Immediate` durability (synced before the commit returns)
-//! while the node goes on. One sync covers every write of the batch. A
+//! while the node goes on, after writing and syncing the batch's chunk bytes. One sync covers every write of the batch. A
 //! committed write survives `kill -9` and power loss; one not yet committed
 //! may be lost, which is why the node acknowledges a write only after the
 //! commit that covers it ([`Storage::flush_poll`]). Closing or dropping the
@@ -14,6 +16,8 @@
 //!
 //! redb locks the file while it is open: a second process on the same data
 //! dir gets [`OpenError::Locked`].
+
+mod log;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -27,6 +31,8 @@ use redb::{
 };
 use shoal_core::store::{FlushBegun, Space, Storage, StoreError, Usage};
 
+use log::{Appends, ChunkLog, LiveChange, Loc};
+
 /// The database file inside the data dir.
 pub const FILE_NAME: &str = "shoal.redb";
 
@@ -35,9 +41,17 @@ const CACHE_BYTES: usize = 64 << 20;
 
 type Bytes = &'static [u8];
 
+/// The table of `space`: for chunks, the index of their locations.
 fn table(space: Space) -> TableDefinition<'static, Bytes, Bytes> {
-    TableDefinition::new(space.name())
+    TableDefinition::new(match space {
+        Space::Chunks => "chunk_index",
+        other => other.name(),
+    })
 }
+
+/// Where stores before the chunk log kept chunk bytes; moved into the log
+/// at open.
+const LEGACY_CHUNKS: TableDefinition<'static, Bytes, Bytes> = TableDefinition::new("chunks");
 
 /// Why the store could not be opened.
 #[derive(Debug)]
@@ -126,8 +140,10 @@ pub struct DiskStore {
     path: PathBuf,
     /// Writes since the last flush began.
     pending: Layer,
-    /// The batch being committed, under its ticket, until it ends.
-    inflight: Option<(u64, Layer)>,
+    /// The batch being committed, until it ends.
+    inflight: Option<Inflight>,
+    /// The segment files chunk bytes live in.
+    log: ChunkLog,
     next_ticket: u64,
     /// Why the writes since the last flush began were thrown away; the
     /// next flush returns it.
@@ -142,12 +158,24 @@ pub struct DiskStore {
     quota: Option<u64>,
 }
 
+/// A batch handed to the committer.
+struct Inflight {
+    ticket: u64,
+    layer: Layer,
+    /// What it changes in the chunk log's live bytes, once committed.
+    change: LiveChange,
+}
+
+/// What the committer is given: the chunk bytes to write and sync, then
+/// the transaction to commit.
+type Job = (u64, Appends, WriteTransaction);
+
 /// Called by the committer thread when a commit ends.
 type Waker = Arc<Mutex<Option<Box<dyn Fn() + Send>>>>;
 
 /// The thread that commits batches, one at a time, in order.
 struct Committer {
-    jobs: Option<mpsc::Sender<(u64, WriteTransaction)>>,
+    jobs: Option<mpsc::Sender<Job>>,
     done: mpsc::Receiver<(u64, Result<(), redb::Error>)>,
     wake: Waker,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -155,15 +183,15 @@ struct Committer {
 
 impl Committer {
     fn start() -> io::Result<Committer> {
-        let (jobs, inbox) = mpsc::channel::<(u64, WriteTransaction)>();
+        let (jobs, inbox) = mpsc::channel::<Job>();
         let (outbox, done) = mpsc::channel();
         let wake: Waker = Arc::default();
         let waker = wake.clone();
         let thread = std::thread::Builder::new()
             .name("shoal-store".into())
             .spawn(move || {
-                for (ticket, txn) in inbox {
-                    let result = txn.commit().map_err(redb::Error::from);
+                for (ticket, appends, txn) in inbox {
+                    let result = commit(&appends, txn);
                     if outbox.send((ticket, result)).is_err() {
                         return;
                     }
@@ -189,6 +217,14 @@ impl Committer {
     }
 }
 
+/// Writes and syncs the chunk bytes, then commits the index that names
+/// them (never the other way round: see [`log`]).
+fn commit(appends: &Appends, txn: WriteTransaction) -> Result<(), redb::Error> {
+    appends.write_and_sync()?;
+    txn.commit()?;
+    Ok(())
+}
+
 impl DiskStore {
     /// Opens the store in `dir`, creating the folder and the database when
     /// missing. Fails with [`OpenError::Locked`] while another process has it.
@@ -203,11 +239,14 @@ impl DiskStore {
         std::fs::create_dir_all(dir).map_err(io_error)?;
         let path = dir.join(FILE_NAME);
         let db = Self::open_file(&path).map_err(|e| OpenError::of(dir, e))?;
-        let usage = Self::prepare(&db).map_err(|e| OpenError::of(dir, e))?;
+        let mut log = ChunkLog::open(dir).map_err(io_error)?;
+        let usage = Self::prepare(&db, &mut log).map_err(|e| OpenError::of(dir, e))?;
+        log.reclaim().map_err(io_error)?;
         Ok(DiskStore {
             path,
             pending: Layer::default(),
             inflight: None,
+            log,
             next_ticket: 1,
             lost: None,
             committer: Committer::start().map_err(io_error)?,
@@ -239,27 +278,70 @@ impl DiskStore {
             .create(path)
     }
 
-    /// Creates every table, so reads never meet a missing one, and totals
-    /// what they hold.
-    fn prepare(db: &Database) -> Result<Usage, redb::Error> {
+    /// Creates every table, so reads never meet a missing one, moves the
+    /// chunks of an older store into the log, and totals what they hold.
+    fn prepare(db: &Database, log: &mut ChunkLog) -> Result<Usage, redb::Error> {
         let txn = db.begin_write()?;
         for space in Space::ALL {
             txn.open_table(table(space))?;
         }
         txn.commit()?;
-        Self::measure(db)
+        Self::migrate(db, log)?;
+        Self::measure(db, log)
     }
 
-    /// Totals what the committed tables hold.
-    fn measure(db: &Database) -> Result<Usage, redb::Error> {
+    /// Moves chunk bytes kept in redb itself (stores written before the
+    /// chunk log) into the log, in one commit.
+    fn migrate(db: &Database, log: &mut ChunkLog) -> Result<(), redb::Error> {
+        let read = db.begin_read()?;
+        let legacy = match read.open_table(LEGACY_CHUNKS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut appends = Appends::default();
+        let txn = db.begin_write()?;
+        {
+            let mut index = txn.open_table(table(Space::Chunks))?;
+            for entry in legacy.iter()? {
+                let (key, value) = entry?;
+                let loc = log.append(&mut appends, value.value())?;
+                index.insert(key.value(), loc.encode().as_slice())?;
+            }
+        }
+        txn.delete_table(LEGACY_CHUNKS)?;
+        drop(legacy);
+        drop(read);
+        commit(&appends, txn)
+    }
+
+    /// Totals what the committed tables hold, and counts the chunk bytes
+    /// each log segment holds for the index.
+    fn measure(db: &Database, log: &mut ChunkLog) -> Result<Usage, redb::Error> {
         let txn = db.begin_read()?;
         let mut usage = Usage::default();
-        for space in Space::ALL {
+        for space in [Space::Local, Space::Records] {
             let t = txn.open_table(table(space))?;
             usage.bytes += t.stats()?.stored_bytes();
             usage.entries += t.len()?;
         }
+        log.reset_live();
+        let index = txn.open_table(table(Space::Chunks))?;
+        for entry in index.iter()? {
+            let (key, value) = entry?;
+            let loc = Loc::decode(value.value())
+                .ok_or_else(|| redb::Error::Corrupted("a chunk location is malformed".into()))?;
+            log.count_live(loc);
+            usage.bytes += (key.value().len() + loc.len as usize) as u64;
+            usage.entries += 1;
+        }
         Ok(usage)
+    }
+
+    /// Bytes the chunk log's segments take on disk, live or not (at most
+    /// about twice the live chunk bytes, plus one segment: see [`log`]).
+    pub fn chunk_log_bytes(&self) -> u64 {
+        self.log.disk_bytes()
     }
 
     /// Flushes, then closes the database cleanly (the next open skips
@@ -283,30 +365,31 @@ impl DiskStore {
     /// batch touched it.
     fn uncommitted(&self, space: Space, key: &[u8]) -> Option<Option<&[u8]>> {
         let i = space as usize;
-        let newest = self.pending[i].get(key).or_else(|| {
-            self.inflight
-                .as_ref()
-                .and_then(|(_, layer)| layer[i].get(key))
-        })?;
+        let newest = self.pending[i]
+            .get(key)
+            .or_else(|| self.inflight.as_ref().and_then(|b| b.layer[i].get(key)))?;
         Some(newest.as_deref())
     }
 
     /// The length of the value under `key`, if any.
     fn len_of(&self, space: Space, key: &[u8]) -> Result<Option<usize>, StoreError> {
-        self.lookup(space, key, |v| Ok(v.map(<[u8]>::len)))
+        if let Some(v) = self.uncommitted(space, key) {
+            return Ok(v.map(<[u8]>::len));
+        }
+        self.committed(space, key, |v| match (space, v) {
+            (Space::Chunks, Some(v)) => Ok(Some(location(v)?.len as usize)),
+            (_, v) => Ok(v.map(<[u8]>::len)),
+        })
     }
 
-    /// Hands `f` the newest value under `key`: from the batches not yet
-    /// committed, else from the database.
-    fn lookup<R>(
+    /// Hands `f` the committed value under `key` (for chunks, its
+    /// encoded location).
+    fn committed<R>(
         &self,
         space: Space,
         key: &[u8],
         f: impl FnOnce(Option<&[u8]>) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        if let Some(v) = self.uncommitted(space, key) {
-            return f(v);
-        }
         let txn = self.db()?.begin_read().map_err(store_error)?;
         let t = txn.open_table(table(space)).map_err(store_error)?;
         let value = t.get(key).map_err(store_error)?;
@@ -325,18 +408,63 @@ impl DiskStore {
         }
     }
 
-    /// Takes note that the commit `ticket` ended with `result`.
+    /// Takes note that the commit `ticket` ended with `result`. After a
+    /// success, deletes the log segments no chunk lives in any more and
+    /// starts compacting the sparse ones.
     fn ended(&mut self, ticket: u64, result: Result<(), redb::Error>) -> Result<(), StoreError> {
         let batch = self.inflight.take();
         debug_assert!(
             batch
                 .as_ref()
-                .is_none_or(|(t, _)| *t == ticket || ticket == 0)
+                .is_none_or(|b| b.ticket == ticket || ticket == 0)
         );
-        let Err(e) = result else {
+        if let Err(e) = result {
+            return Err(self.lose(e));
+        }
+        if let Some(batch) = batch {
+            self.log.committed(&batch.change);
+        }
+        // Neither failure loses a write: a segment left behind is deleted
+        // or compacted after a later commit.
+        if let Err(e) = self.log.reclaim() {
+            tracing::warn!(error = %e, "cannot delete an empty chunk log segment");
+        }
+        if let Err(e) = self.compact() {
+            tracing::warn!(?e, "cannot compact the chunk log");
+            self.log.compaction_failed();
+        }
+        Ok(())
+    }
+
+    /// Writes the live chunks of sparse log segments again, as uncommitted
+    /// writes of the same values: the next commit moves them to the active
+    /// segment, after which the old segments hold nothing and are deleted.
+    fn compact(&mut self) -> Result<(), StoreError> {
+        let picked = self.log.pick_for_compaction();
+        if picked.is_empty() {
             return Ok(());
-        };
-        Err(self.lose(e))
+        }
+        let txn = self.db()?.begin_read().map_err(store_error)?;
+        let index = txn.open_table(table(Space::Chunks)).map_err(store_error)?;
+        let mut moved = Vec::new();
+        for entry in index.iter().map_err(store_error)? {
+            let (key, value) = entry.map_err(store_error)?;
+            let loc = location(value.value())?;
+            if !picked.contains(&loc.segment)
+                || self.uncommitted(Space::Chunks, key.value()).is_some()
+            {
+                continue;
+            }
+            let mut bytes = vec![0; loc.len as usize];
+            self.log.read(loc, &mut bytes).map_err(log_error)?;
+            moved.push((key.value().to_vec(), bytes));
+        }
+        tracing::debug!(segments = ?picked, chunks = moved.len(), "compacting the chunk log");
+        let layer = &mut self.pending[Space::Chunks as usize];
+        for (key, bytes) in moved {
+            layer.insert(key, Some(bytes));
+        }
+        Ok(())
     }
 
     /// Throws away every write not committed after `e` (see the type's
@@ -346,6 +474,8 @@ impl DiskStore {
         let poisoned = matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo);
         let mapped = store_error(e);
         self.inflight = None;
+        // The rewrites of compacting segments were lost with the batch.
+        self.log.compaction_failed();
         if self.pending.iter().any(|l| !l.is_empty()) {
             self.pending = Layer::default();
             self.lost.get_or_insert(mapped);
@@ -353,7 +483,7 @@ impl DiskStore {
         if poisoned {
             self.reopen();
         } else if let Some(db) = &self.db
-            && let Ok(usage) = Self::measure(db)
+            && let Ok(usage) = Self::measure(db, &mut self.log)
         {
             self.usage = usage;
         }
@@ -366,7 +496,7 @@ impl DiskStore {
         self.db = None;
         match Self::open_file(&self.path) {
             Ok(db) => {
-                if let Ok(usage) = Self::measure(&db) {
+                if let Ok(usage) = Self::measure(&db, &mut self.log) {
                     self.usage = usage;
                 }
                 self.db = Some(db);
@@ -377,8 +507,9 @@ impl DiskStore {
         }
     }
 
-    /// Writes the batch into a fresh write transaction, for the committer.
-    fn prepare_batch(&mut self) -> Result<WriteTransaction, redb::Error> {
+    /// Writes the batch into a fresh write transaction, and its chunks'
+    /// bytes into log appends, for the committer.
+    fn prepare_batch(&mut self) -> Result<(WriteTransaction, Appends, LiveChange), redb::Error> {
         if self.db.is_none() {
             self.reopen();
         }
@@ -386,6 +517,8 @@ impl DiskStore {
         // Immediate durability (redb's default): the commit returns only
         // once the data is synced.
         let txn = db.begin_write()?;
+        let mut appends = Appends::default();
+        let mut change = LiveChange::default();
         for space in Space::ALL {
             let layer = &self.pending[space as usize];
             if layer.is_empty() {
@@ -393,17 +526,23 @@ impl DiskStore {
             }
             let mut t = txn.open_table(table(space))?;
             for (key, value) in layer {
-                match value {
-                    Some(v) => {
-                        t.insert(key.as_slice(), v.as_slice())?;
+                let old = match (space, value) {
+                    (Space::Chunks, Some(v)) => {
+                        let loc = self.log.append(&mut appends, v)?;
+                        change.added.push(loc);
+                        t.insert(key.as_slice(), loc.encode().as_slice())?
                     }
-                    None => {
-                        t.remove(key.as_slice())?;
-                    }
+                    (_, Some(v)) => t.insert(key.as_slice(), v.as_slice())?,
+                    (_, None) => t.remove(key.as_slice())?,
+                };
+                if space == Space::Chunks
+                    && let Some(old) = old.as_ref().and_then(|v| Loc::decode(v.value()))
+                {
+                    change.freed.push(old);
                 }
             }
         }
-        Ok(txn)
+        Ok((txn, appends, change))
     }
 }
 
@@ -416,6 +555,24 @@ impl DiskStore {
         let _ = self.wait_inflight();
         self.committer.stop();
         self.db = None;
+    }
+}
+
+/// Decodes a chunk location from the index.
+fn location(bytes: &[u8]) -> Result<Loc, StoreError> {
+    Loc::decode(bytes).ok_or_else(|| {
+        tracing::warn!("a chunk location in the index is malformed");
+        StoreError::Corrupt
+    })
+}
+
+/// Maps a failed read of the chunk log.
+fn log_error(e: io::Error) -> StoreError {
+    tracing::warn!(error = %e, "cannot read the chunk log");
+    match e.kind() {
+        // The index names bytes the segment does not have.
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::NotFound => StoreError::Corrupt,
+        _ => StoreError::Io,
     }
 }
 
@@ -467,7 +624,21 @@ fn next_key_in_layer(
 
 impl Storage for DiskStore {
     fn get(&self, space: Space, key: &[u8], out: &mut [u8]) -> Result<Option<usize>, StoreError> {
-        self.lookup(space, key, |v| v.map_or(Ok(None), |v| copy_out(v, out)))
+        if let Some(v) = self.uncommitted(space, key) {
+            return v.map_or(Ok(None), |v| copy_out(v, out));
+        }
+        self.committed(space, key, |v| match (space, v) {
+            (_, None) => Ok(None),
+            (Space::Chunks, Some(v)) => {
+                let loc = location(v)?;
+                if out.len() < loc.len as usize {
+                    return Err(StoreError::BufferTooSmall);
+                }
+                self.log.read(loc, out).map_err(log_error)?;
+                Ok(Some(loc.len as usize))
+            }
+            (_, Some(v)) => copy_out(v, out),
+        })
     }
 
     fn put(&mut self, space: Space, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
@@ -524,8 +695,8 @@ impl Storage for DiskStore {
         if self.pending.iter().all(BTreeMap::is_empty) {
             return FlushBegun::Done(Ok(()));
         }
-        let txn = match self.prepare_batch() {
-            Ok(txn) => txn,
+        let (txn, appends, change) = match self.prepare_batch() {
+            Ok(batch) => batch,
             Err(e) => {
                 let e = self.lose(e);
                 return FlushBegun::Done(Err(self.lost.take().unwrap_or(e)));
@@ -533,16 +704,20 @@ impl Storage for DiskStore {
         };
         let ticket = self.next_ticket;
         self.next_ticket += 1;
-        self.inflight = Some((ticket, std::mem::take(&mut self.pending)));
+        self.inflight = Some(Inflight {
+            ticket,
+            layer: std::mem::take(&mut self.pending),
+            change,
+        });
         let sent = match &self.committer.jobs {
-            Some(jobs) => jobs.send((ticket, txn)).map_err(|e| e.0.1),
-            None => Err(txn),
+            Some(jobs) => jobs.send((ticket, appends, txn)).map_err(|e| e.0),
+            None => Err((ticket, appends, txn)),
         };
         match sent {
             Ok(()) => FlushBegun::Running(ticket),
             // No committer thread (it panicked): commit here.
-            Err(txn) => {
-                let result = txn.commit().map_err(redb::Error::from);
+            Err((_, appends, txn)) => {
+                let result = commit(&appends, txn);
                 FlushBegun::Done(self.ended(ticket, result))
             }
         }
@@ -574,7 +749,7 @@ impl Storage for DiskStore {
                 next_key_in_layer(&self.pending[i], prefix, after),
                 self.inflight
                     .as_ref()
-                    .and_then(|(_, l)| next_key_in_layer(&l[i], prefix, after)),
+                    .and_then(|b| next_key_in_layer(&b.layer[i], prefix, after)),
                 next_key_in(&t, prefix, after)?,
             ];
             let Some(key) = candidates.into_iter().flatten().min() else {
@@ -836,6 +1011,110 @@ mod tests {
         // Batch 1 survived; batch 2 was never flushed.
         let s = DiskStore::open(dir.path()).unwrap();
         assert_eq!(walk(&s, Space::Records, b"", None), keys(&[b"b", b"c"]));
+    }
+
+    /// The chunk log under churn: removed chunks' segments are compacted
+    /// and deleted, the disk holds at most about twice the live bytes plus
+    /// a segment, and every live chunk reads back, before and after a
+    /// reopen.
+    #[test]
+    fn removed_chunks_space_is_reclaimed_and_live_ones_survive_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = DiskStore::open(dir.path()).unwrap();
+        const SEGMENT: u64 = 64 << 10;
+        s.log.set_segment_bytes(SEGMENT);
+        let value = |i: u32| -> Vec<u8> {
+            let mut v = vec![(i % 251) as u8; 2048];
+            v[..4].copy_from_slice(&i.to_le_bytes());
+            v
+        };
+        let key = |i: u32| format!("chunk-{i:05}").into_bytes();
+        // 640 chunks of 2 KiB, 32 to a segment, 20 segments; flushed in
+        // batches of 40 as a node would.
+        for i in 0..640u32 {
+            s.put(Space::Chunks, &key(i), &value(i)).unwrap();
+            if i % 40 == 39 {
+                s.flush().unwrap();
+            }
+        }
+        assert!(s.log.segment_count() >= 20);
+        let full = s.chunk_log_bytes();
+        // Remove three in four, in batches; every ended commit may compact.
+        for i in (0..640u32).filter(|i| i % 4 != 0) {
+            assert!(s.remove(Space::Chunks, &key(i)).unwrap());
+            if i % 40 == 39 {
+                s.flush().unwrap();
+            }
+        }
+        // Two more commits: one carries the rewrites, the next deletes.
+        s.flush().unwrap();
+        s.put(Space::Local, b"tick", b"1").unwrap();
+        s.flush().unwrap();
+        s.put(Space::Local, b"tick", b"2").unwrap();
+        s.flush().unwrap();
+        let live = 160 * 2048;
+        let on_disk = s.chunk_log_bytes();
+        assert!(
+            on_disk <= 2 * live + SEGMENT,
+            "{on_disk} bytes on disk for {live} live (was {full})"
+        );
+        let files = std::fs::read_dir(dir.path().join(log::DIR_NAME))
+            .unwrap()
+            .count();
+        assert_eq!(
+            files,
+            s.log.segment_count(),
+            "deleted segments are gone from disk"
+        );
+        let check = |s: &DiskStore| {
+            let mut out = [0u8; 2048];
+            for i in 0..640u32 {
+                let got = s.get(Space::Chunks, &key(i), &mut out).unwrap();
+                if i % 4 == 0 {
+                    assert_eq!(got, Some(2048), "chunk {i}");
+                    assert_eq!(out[..], value(i)[..], "chunk {i}");
+                } else {
+                    assert_eq!(got, None, "chunk {i} was removed");
+                }
+            }
+            assert_eq!(s.usage().entries, 161);
+        };
+        check(&s);
+        s.close().unwrap();
+        let s = DiskStore::open(dir.path()).unwrap();
+        check(&s);
+    }
+
+    /// A store written before the chunk log kept chunk bytes in redb; the
+    /// first open moves them into the log.
+    #[test]
+    fn chunks_kept_in_the_database_move_into_the_log_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(LEGACY_CHUNKS).unwrap();
+                t.insert(b"old-a".as_slice(), [1u8; 300].as_slice())
+                    .unwrap();
+                t.insert(b"old-b".as_slice(), [2u8; 50].as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let s = DiskStore::open(dir.path()).unwrap();
+        let mut out = [0u8; 512];
+        assert_eq!(s.get(Space::Chunks, b"old-a", &mut out), Ok(Some(300)));
+        assert_eq!(out[..300], [1u8; 300]);
+        assert_eq!(s.get(Space::Chunks, b"old-b", &mut out), Ok(Some(50)));
+        assert_eq!(s.usage().entries, 2);
+        assert_eq!(s.chunk_log_bytes(), 350);
+        s.close().unwrap();
+        let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
+        let txn = db.begin_read().unwrap();
+        assert!(
+            txn.open_table(LEGACY_CHUNKS).is_err(),
+            "the old table is gone"
+        );
     }
 
     #[test]

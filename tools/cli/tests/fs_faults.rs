@@ -338,7 +338,7 @@ fn kill_9_after_an_acknowledged_put_loses_no_file_and_replicas_heal() {
     );
 }
 
-/// Flips the 64 bytes of every copy of `needle` in the file at `path`;
+/// Flips the bytes of every copy of `needle` in the file at `path`;
 /// returns how many it found.
 fn corrupt(path: &Path, needle: &[u8]) -> usize {
     let mut bytes = std::fs::read(path).expect("read the store file");
@@ -459,16 +459,22 @@ fn chunk_corrupted_on_disk_is_caught_on_read_answered_and_repaired() {
     let middle = k * CHUNK + CHUNK / 2;
     let needle = &bytes[middle - 32..middle + 32];
     for &i in bad {
-        let store = c.data_dir(i).join("shoal.redb");
-        let found = corrupt(&store, needle);
+        // Chunk bytes live in the log segments under chunks/ (and, in
+        // stores from before the log, in the database file).
+        let dir = c.data_dir(i);
+        let mut files = vec![dir.join("shoal.redb")];
+        for entry in std::fs::read_dir(dir.join("chunks")).expect("the chunk log") {
+            files.push(entry.expect("a segment").path());
+        }
+        let found: usize = files.iter().map(|f| corrupt(f, needle)).sum();
         assert!(
             found > 0,
             "the chunk's bytes are not in {}: nothing was corrupted",
-            store.display()
+            dir.display()
         );
         eprintln!(
-            "flipped 64 bytes in {found} place(s) of {}",
-            store.display()
+            "flipped 64 bytes in {found} place(s) under {}",
+            dir.display()
         );
     }
     for &i in bad {
