@@ -16,7 +16,7 @@
 //! listens there" from "something listens but never answers", which is what
 //! a node does with datagrams sealed under another key.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
@@ -39,6 +39,9 @@ pub type ClientNode = Node<RamStore<0, 0>, 8, 8, 512>;
 /// The socket buffers a client asks for, each way (Linux grants at most
 /// `net.core.rmem_max` / `wmem_max`).
 const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Most datagrams taken from the socket at one wake-up.
+const RX_BATCH: usize = 32;
 
 /// Most requests one client keeps in flight (the core's operation table).
 pub const MAX_IN_FLIGHT: usize = 64;
@@ -346,6 +349,11 @@ pub struct Client {
     timeout: StdDuration,
     start: StdInstant,
     buf: Vec<u8>,
+    /// Datagrams taken from the socket but not yet fed to the node, with
+    /// their lengths; one is fed per [`Client::wait`].
+    received: VecDeque<(Vec<u8>, usize)>,
+    /// Buffers for `received`, for reuse.
+    spare: Vec<Vec<u8>>,
     refused: bool,
     read_timeout: Option<StdDuration>,
     /// The contact's file-system settings (chunk size, replicas, read
@@ -404,6 +412,8 @@ impl Client {
             timeout: config.timeout,
             start,
             buf: vec![0; MAX_DATAGRAM],
+            received: VecDeque::with_capacity(RX_BATCH),
+            spare: Vec::new(),
             refused: false,
             read_timeout: None,
             fs_info: None,
@@ -628,6 +638,14 @@ impl Client {
     /// Waits for one datagram or the node's next timer (at most until
     /// `deadline`) and feeds it to the node.
     fn wait(&mut self, deadline: StdInstant) -> Result<(), ClientError> {
+        if let Some((mut datagram, len)) = self.received.pop_front() {
+            let now = self.now();
+            let contact = self.contact;
+            self.node
+                .handle_datagram(now, contact, &mut datagram[..len]);
+            self.spare.push(datagram);
+            return Ok(());
+        }
         let mut wake = deadline;
         if let Some(t) = self.node.poll_timeout() {
             wake = wake.min(self.start + StdDuration::from_micros(t.as_micros()));
@@ -652,6 +670,7 @@ impl Client {
                 let now = self.now();
                 let contact = self.contact;
                 self.node.handle_datagram(now, contact, &mut self.buf[..n]);
+                self.take_arrived();
             }
             Err(e)
                 if matches!(
@@ -666,6 +685,24 @@ impl Client {
             Err(e) => return Err(e.into()),
         }
         Ok(())
+    }
+
+    /// Takes the datagrams already waiting in the socket, up to a batch,
+    /// without blocking. A bulk read receives bursts: one wake-up then
+    /// serves the burst. They are fed to the node one per wait, since a
+    /// response's data lasts only until the node's next input.
+    fn take_arrived(&mut self) {
+        while self.received.len() < RX_BATCH {
+            let mut datagram = self.spare.pop().unwrap_or_else(|| vec![0; MAX_DATAGRAM]);
+            let flags = rustix::net::RecvFlags::DONTWAIT;
+            match rustix::net::recv(&self.socket, &mut datagram[..], flags) {
+                Ok((n, _)) => self.received.push_back((datagram, n)),
+                Err(_) => {
+                    self.spare.push(datagram);
+                    return;
+                }
+            }
+        }
     }
 
     fn now(&self) -> Instant {
