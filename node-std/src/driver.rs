@@ -134,8 +134,16 @@ impl<S: Storage> Driver<S> {
         self.flush().await;
         let mut leave_by: Option<tokio::time::Instant> = None;
         let mut commands_open = true;
+        // One timer for the whole loop, moved only when the node's next
+        // deadline moves: registering a fresh one per turn showed up in
+        // profiles of bulk transfers, which turn the loop per burst.
+        let timer = tokio::time::sleep_until(self.wake_at(self.node.poll_timeout()));
+        tokio::pin!(timer);
         loop {
             let wake = self.wake_at(self.node.poll_timeout());
+            if timer.deadline() != wake {
+                timer.as_mut().reset(wake);
+            }
             let stop = leave_by.unwrap_or(wake);
             tokio::select! {
                 received = self.socket.recv_from(&mut self.rx[..]) => match received {
@@ -155,7 +163,7 @@ impl<S: Storage> Driver<S> {
                 // A background flush ended: the commit below answers the
                 // writes it covered.
                 () = self.flushed.notified() => {}
-                () = tokio::time::sleep_until(wake) => {
+                () = &mut timer => {
                     let now = self.now();
                     self.node.handle_timeout(now);
                 }
