@@ -543,3 +543,47 @@ proptest! {
         }
     }
 }
+
+/// A message is cut into fragments of one size (the last may be shorter),
+/// as few as `FRAGMENT` allows, so equal messages make equal frames: a
+/// host hands runs of equal datagrams to the kernel at once (UDP GSO).
+#[test]
+fn fragments_of_a_message_are_equal_but_the_last_and_as_few_as_possible() {
+    use shoal_core::link::FRAGMENT;
+    let mut a = End::<64>::new(1, 1, LinkConfig::host());
+    let now = Instant::ZERO;
+    let lens = [4, FRAGMENT, FRAGMENT + 1, 2 * FRAGMENT + 2, 2101, 2101];
+    for (i, &len) in lens.iter().enumerate() {
+        a.link
+            .send(now, NodeId(2), 1, &message(9, i as u32, len))
+            .unwrap();
+    }
+    let mut frames = Vec::new();
+    let mut buf = [0u8; MAX_FRAME];
+    while let Some((_, n)) = a.link.poll_transmit(now, &mut buf) {
+        if let Some(Frame::Data { payload, .. }) = Frame::parse(&buf[..n]) {
+            frames.push(payload.len());
+        }
+    }
+    let mut at = 0;
+    let mut per_message = Vec::new();
+    for &len in &lens {
+        let count = len.div_ceil(FRAGMENT);
+        let sizes = frames[at..at + count].to_vec();
+        assert_eq!(sizes.iter().sum::<usize>(), len, "{len}: {sizes:?}");
+        assert!(
+            sizes.windows(2).all(|w| w[1] <= w[0])
+                && sizes[..count - 1].iter().all(|&s| s == sizes[0]),
+            "{len}: fragments {sizes:?}"
+        );
+        assert!(sizes[0] - sizes[count - 1] < count, "{len}: {sizes:?}");
+        per_message.push(sizes);
+        at += count;
+    }
+    assert_eq!(at, frames.len(), "no frame beyond the messages'");
+    assert_eq!(per_message[4], [1051, 1050]);
+    assert_eq!(
+        per_message[4], per_message[5],
+        "equal messages, equal frames"
+    );
+}

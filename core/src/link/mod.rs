@@ -469,7 +469,14 @@ impl<const P: usize, const S: usize> Link<P, S> {
         if message.len() > max {
             return Err(SendError::TooLarge);
         }
-        let count = message.len().div_ceil(FRAGMENT).max(1);
+        // Fragments of one size (the last may be shorter), as few as
+        // FRAGMENT allows: equal messages then make equal datagrams, which
+        // a host hands the kernel as one run (UDP GSO).
+        let size = message
+            .len()
+            .div_ceil(message.len().div_ceil(FRAGMENT).max(1))
+            .max(1);
+        let count = message.len().div_ceil(size).max(1);
         if self.tx_free.len() < count {
             return Err(SendError::Full);
         }
@@ -484,7 +491,7 @@ impl<const P: usize, const S: usize> Link<P, S> {
         self.next_msg += 1;
         let first = self.peers[p].next_seq;
         self.peers[p].next_seq = first.wrapping_add(count as u32);
-        let mut chunks = message.chunks(FRAGMENT);
+        let mut chunks = message.chunks(size);
         for index in 0..count {
             let Some(slot) = self.tx_free.pop() else {
                 break;
