@@ -17,11 +17,12 @@
 //! the node is built. A [`HostNode`] is several hundred KB: build it on a
 //! thread with a large stack and keep it boxed (see [`crate::host`]).
 
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny, sendmmsg};
 use shoal_core::Instant;
 use shoal_core::member::MemberEvent;
@@ -39,8 +40,22 @@ use crate::status::{MemberView, Snapshot};
 /// 1024 link slots, 128 quorum operations coordinated at once.
 pub type HostNode<S> = Node<S, 256, 288, 1024, MAX_MESSAGE, EVENTS, 128>;
 
-/// Most datagrams sent with one system call.
-const TX_BATCH: usize = 32;
+/// Most datagrams gathered before they go to the socket.
+const TX_BATCH: usize = 64;
+
+/// Most bytes in one run: a GSO send is one UDP datagram to the kernel,
+/// so the run must fit a datagram's 65,507-byte payload (the kernel
+/// refuses a larger one with `EMSGSIZE`, which the send would only log).
+const MAX_RUN_BYTES: usize = 65_000;
+
+/// Smallest datagram a run is built on: bulk data. Small ones (acks,
+/// answers) to one peer rarely come in long runs, and go out many per
+/// call with `sendmmsg` instead.
+const MIN_SEGMENT: usize = 1024;
+
+/// Buffers filled by one receive call (`recvmmsg`); each holds one
+/// datagram, or with GRO up to the kernel's 64 segments of a burst.
+const RX_BUFS: usize = 8;
 
 /// Most datagrams handled between two store flushes.
 pub const BATCH: usize = 64;
@@ -86,11 +101,27 @@ pub struct Driver<S: Storage> {
     socket: UdpSocket,
     commands: mpsc::Receiver<Command>,
     flushed: Arc<Notify>,
-    rx: Box<[u8; RECV_BUF]>,
-    /// Datagrams gathered for one `sendmmsg`, with their lengths and
-    /// destinations.
-    tx: Box<[[u8; MAX_DATAGRAM]; TX_BATCH]>,
-    tx_len: [(usize, SocketAddr); TX_BATCH],
+    /// GSO, GRO and `recvmmsg` on the socket, where the kernel has them.
+    udp: UdpSocketState,
+    /// [`RX_BUFS`] receive buffers of `rx_len` bytes each.
+    rx: Vec<u8>,
+    rx_len: usize,
+    /// Datagrams gathered to send, back to back, grouped into runs.
+    tx: Vec<u8>,
+    runs: Vec<Run>,
+}
+
+/// Datagrams to one destination, back to back in the send buffer: every
+/// one `segment` bytes long but the last, which may be shorter. The kernel
+/// takes a run in one call and one pass down its stack (UDP GSO), and a
+/// receiver with GRO gets it in one piece.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    dst: SocketAddr,
+    start: usize,
+    end: usize,
+    segment: usize,
+    count: usize,
 }
 
 impl<S: Storage> Driver<S> {
@@ -102,17 +133,26 @@ impl<S: Storage> Driver<S> {
         socket: UdpSocket,
         commands: mpsc::Receiver<Command>,
         flushed: Arc<Notify>,
-    ) -> Self {
-        Driver {
+    ) -> io::Result<Self> {
+        let udp = UdpSocketState::new((&socket).into())?;
+        let rx_len = RECV_BUF * udp.gro_segments().max(1);
+        debug!(
+            gso = udp.max_gso_segments(),
+            gro = udp.gro_segments(),
+            "socket offloads"
+        );
+        Ok(Driver {
             node,
             start,
             socket,
             commands,
             flushed,
-            rx: Box::new([0; RECV_BUF]),
-            tx: Box::new([[0; MAX_DATAGRAM]; TX_BATCH]),
-            tx_len: [(0, SocketAddr::from(([0, 0, 0, 0], 0))); TX_BATCH],
-        }
+            udp,
+            rx: vec![0; RX_BUFS * rx_len],
+            rx_len,
+            tx: vec![0; TX_BATCH * MAX_DATAGRAM],
+            runs: Vec::with_capacity(TX_BATCH),
+        })
     }
 
     /// The node's clock.
@@ -146,19 +186,9 @@ impl<S: Storage> Driver<S> {
             }
             let stop = leave_by.unwrap_or(wake);
             tokio::select! {
-                received = self.socket.recv_from(&mut self.rx[..]) => match received {
-                    Ok((len, src)) => {
-                        let now = self.now();
-                        self.node.handle_datagram(now, src, &mut self.rx[..len]);
-                        for _ in 1..BATCH {
-                            let Ok((len, src)) = self.socket.try_recv_from(&mut self.rx[..]) else {
-                                break;
-                            };
-                            self.node.handle_datagram(now, src, &mut self.rx[..len]);
-                        }
-                    }
-                    // ICMP errors and the like: the node's timers recover.
-                    Err(e) => debug!(error = %e, "receive failed"),
+                ready = self.socket.readable() => match ready {
+                    Ok(()) => self.receive(),
+                    Err(e) => debug!(error = %e, "socket not readable"),
                 },
                 // A background flush ended: the commit below answers the
                 // writes it covered.
@@ -201,39 +231,120 @@ impl<S: Storage> Driver<S> {
         }
     }
 
-    /// Sends every datagram the node has queued, up to [`TX_BATCH`] per
-    /// system call.
+    /// Feeds the node what the socket has ready: up to [`BATCH`]
+    /// datagrams, [`RX_BUFS`] buffers per system call, each buffer split
+    /// into its datagrams when GRO joined several. A failed receive (an
+    /// ICMP error and the like) is only logged: the node's timers recover.
+    fn receive(&mut self) {
+        let mut handled = 0;
+        while handled < BATCH {
+            let mut meta = [RecvMeta::default(); RX_BUFS];
+            let received = {
+                let mut bufs: Vec<IoSliceMut<'_>> = self
+                    .rx
+                    .chunks_mut(self.rx_len)
+                    .map(IoSliceMut::new)
+                    .collect();
+                let (socket, udp) = (&self.socket, &self.udp);
+                socket.try_io(Interest::READABLE, || {
+                    udp.recv(socket.into(), &mut bufs, &mut meta)
+                })
+            };
+            let n = match received {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    debug!(error = %e, "receive failed");
+                    return;
+                }
+            };
+            let now = self.now();
+            for (m, buf) in meta[..n].iter().zip(self.rx.chunks_mut(self.rx_len)) {
+                let (stride, len) = (m.stride.max(1), m.len.min(buf.len()));
+                for datagram in buf[..len].chunks_mut(stride) {
+                    self.node.handle_datagram(now, m.addr, datagram);
+                    handled += 1;
+                }
+            }
+        }
+    }
+
+    /// Sends every datagram the node has queued, gathered [`TX_BATCH`] at
+    /// a time into runs per destination (see [`Run`]).
     async fn transmit(&mut self, now: Instant) {
         loop {
+            self.runs.clear();
+            let max_segments = self.udp.max_gso_segments().max(1);
+            let mut at = 0;
             let mut n = 0;
             while n < TX_BATCH {
-                let Some(t) = self.node.poll_transmit(now, &mut self.tx[n][..]) else {
+                let Some(t) = self
+                    .node
+                    .poll_transmit(now, &mut self.tx[at..at + MAX_DATAGRAM])
+                else {
                     break;
                 };
-                self.tx_len[n] = (t.len, t.dst);
                 n += 1;
+                match self.runs.last_mut() {
+                    // It joins the run: same destination, no longer than
+                    // the run's datagrams, and the run's last is full size.
+                    Some(r)
+                        if r.dst == t.dst
+                            && r.segment >= MIN_SEGMENT
+                            && t.len <= r.segment
+                            && r.end - r.start == r.count * r.segment
+                            && r.count < max_segments
+                            && r.end - r.start + t.len <= MAX_RUN_BYTES =>
+                    {
+                        r.end += t.len;
+                        r.count += 1;
+                    }
+                    _ => self.runs.push(Run {
+                        dst: t.dst,
+                        start: at,
+                        end: at + t.len,
+                        segment: t.len,
+                        count: 1,
+                    }),
+                }
+                at += t.len;
             }
-            self.send_batch(n).await;
+            // Runs of several datagrams go one per call (GSO); single
+            // datagrams between them, many per call (`sendmmsg`).
+            let mut i = 0;
+            while i < self.runs.len() {
+                let singles = self.runs[i..].iter().take_while(|r| r.count == 1).count();
+                if singles > 0 {
+                    self.send_singles(i, i + singles).await;
+                    i += singles;
+                } else {
+                    let run = self.runs[i];
+                    self.send_run(run).await;
+                    i += 1;
+                }
+            }
             if n < TX_BATCH {
                 return;
             }
         }
     }
 
-    /// Sends the first `n` gathered datagrams with `sendmmsg`, waiting
-    /// while the socket buffer is full.
-    async fn send_batch(&mut self, n: usize) {
-        let mut sent = 0;
-        while sent < n {
-            let addrs: Vec<SocketAddrAny> = self.tx_len[sent..n]
+    /// Sends the single datagrams `runs[from..to]` with `sendmmsg`,
+    /// waiting while the socket's buffer is full.
+    async fn send_singles(&mut self, from: usize, to: usize) {
+        let mut sent = from;
+        while sent < to {
+            let runs = &self.runs[sent..to];
+            let addrs: Vec<SocketAddrAny> =
+                runs.iter().map(|r| SocketAddrAny::from(r.dst)).collect();
+            let iovs: Vec<[IoSlice<'_>; 1]> = runs
                 .iter()
-                .map(|(_, dst)| SocketAddrAny::from(*dst))
+                .map(|r| [IoSlice::new(&self.tx[r.start..r.end])])
                 .collect();
-            let iovs: Vec<[IoSlice<'_>; 1]> = (sent..n)
-                .map(|i| [IoSlice::new(&self.tx[i][..self.tx_len[i].0])])
+            let mut controls: Vec<SendAncillaryBuffer<'_, '_, '_>> = runs
+                .iter()
+                .map(|_| SendAncillaryBuffer::default())
                 .collect();
-            let mut controls: [SendAncillaryBuffer<'_, '_, '_>; TX_BATCH] =
-                std::array::from_fn(|_| SendAncillaryBuffer::default());
             let mut msgs: Vec<MMsgHdr<'_>> = addrs
                 .iter()
                 .zip(&iovs)
@@ -256,8 +367,39 @@ impl<S: Storage> Driver<S> {
                 Err(e) => {
                     // The first datagram failed (an ICMP error, say): lost
                     // like any datagram; probes and retransmits cover it.
-                    debug!(dst = %self.tx_len[sent].1, error = %e, "send failed");
+                    debug!(dst = %self.runs[sent].dst, error = %e, "send failed");
                     sent += 1;
+                }
+            }
+        }
+    }
+
+    /// Sends one run, waiting while the socket's buffer is full. A failed
+    /// send is only logged: the link retransmits what was not acknowledged.
+    async fn send_run(&mut self, run: Run) {
+        loop {
+            let transmit = Transmit {
+                destination: run.dst,
+                ecn: None,
+                contents: &self.tx[run.start..run.end],
+                segment_size: (run.count > 1).then_some(run.segment),
+                src_ip: None,
+            };
+            let (socket, udp) = (&self.socket, &self.udp);
+            let result = socket.try_io(Interest::WRITABLE, || {
+                udp.try_send(socket.into(), &transmit)
+            });
+            match result {
+                Ok(()) => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(e) = self.socket.writable().await {
+                        debug!(error = %e, "socket not writable");
+                        return;
+                    }
+                }
+                Err(e) => {
+                    debug!(dst = %run.dst, error = %e, "send failed");
+                    return;
                 }
             }
         }

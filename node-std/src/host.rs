@@ -104,7 +104,7 @@ impl<S: Storage + Send + 'static> Host<S> {
                 shutdown.await;
                 let _ = commands.send(Command::Shutdown).await;
             });
-            Ok(Driver::new(node, start, socket, receiver, self.flushed)
+            Ok(Driver::new(node, start, socket, receiver, self.flushed)?
                 .run()
                 .await)
         })
