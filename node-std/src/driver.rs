@@ -25,6 +25,7 @@ use std::time::Duration;
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny, sendmmsg};
 use shoal_core::Instant;
+use shoal_core::link::run::Run;
 use shoal_core::member::MemberEvent;
 use shoal_core::node::{EVENTS, Event, MAX_MESSAGE, Node};
 use shoal_core::store::Storage;
@@ -42,16 +43,6 @@ pub type HostNode<S> = Node<S, 256, 288, 1024, MAX_MESSAGE, EVENTS, 128>;
 
 /// Most datagrams gathered before they go to the socket.
 const TX_BATCH: usize = 64;
-
-/// Most bytes in one run: a GSO send is one UDP datagram to the kernel,
-/// so the run must fit a datagram's 65,507-byte payload (the kernel
-/// refuses a larger one with `EMSGSIZE`, which the send would only log).
-const MAX_RUN_BYTES: usize = 65_000;
-
-/// Smallest datagram a run is built on: bulk data. Small ones (acks,
-/// answers) to one peer rarely come in long runs, and go out many per
-/// call with `sendmmsg` instead.
-const MIN_SEGMENT: usize = 1024;
 
 /// Buffers filled by one receive call (`recvmmsg`); each holds one
 /// datagram, or with GRO up to the kernel's 64 segments of a burst.
@@ -106,22 +97,11 @@ pub struct Driver<S: Storage> {
     /// [`RX_BUFS`] receive buffers of `rx_len` bytes each.
     rx: Vec<u8>,
     rx_len: usize,
-    /// Datagrams gathered to send, back to back, grouped into runs.
+    /// Datagrams gathered to send, back to back, grouped into runs (see
+    /// [`Run`]): a run of several goes to the kernel in one call (GSO),
+    /// single ones many per call (`sendmmsg`).
     tx: Vec<u8>,
     runs: Vec<Run>,
-}
-
-/// Datagrams to one destination, back to back in the send buffer: every
-/// one `segment` bytes long but the last, which may be shorter. The kernel
-/// takes a run in one call and one pass down its stack (UDP GSO), and a
-/// receiver with GRO gets it in one piece.
-#[derive(Clone, Copy, Debug)]
-struct Run {
-    dst: SocketAddr,
-    start: usize,
-    end: usize,
-    segment: usize,
-    count: usize,
 }
 
 impl<S: Storage> Driver<S> {
@@ -285,27 +265,12 @@ impl<S: Storage> Driver<S> {
                     break;
                 };
                 n += 1;
-                match self.runs.last_mut() {
-                    // It joins the run: same destination, no longer than
-                    // the run's datagrams, and the run's last is full size.
-                    Some(r)
-                        if r.dst == t.dst
-                            && r.segment >= MIN_SEGMENT
-                            && t.len <= r.segment
-                            && r.end - r.start == r.count * r.segment
-                            && r.count < max_segments
-                            && r.end - r.start + t.len <= MAX_RUN_BYTES =>
-                    {
-                        r.end += t.len;
-                        r.count += 1;
-                    }
-                    _ => self.runs.push(Run {
-                        dst: t.dst,
-                        start: at,
-                        end: at + t.len,
-                        segment: t.len,
-                        count: 1,
-                    }),
+                let joined = self
+                    .runs
+                    .last_mut()
+                    .is_some_and(|r| r.extend(t.dst, t.len, max_segments));
+                if !joined {
+                    self.runs.push(Run::new(t.dst, at, t.len));
                 }
                 at += t.len;
             }
@@ -382,7 +347,7 @@ impl<S: Storage> Driver<S> {
                 destination: run.dst,
                 ecn: None,
                 contents: &self.tx[run.start..run.end],
-                segment_size: (run.count > 1).then_some(run.segment),
+                segment_size: run.segment_size(),
                 src_ip: None,
             };
             let (socket, udp) = (&self.socket, &self.udp);

@@ -51,6 +51,7 @@
 
 pub mod frame;
 mod rtt;
+pub mod run;
 
 pub use frame::{FRAGMENT, Frame, MAX_FRAGMENTS, MAX_FRAME};
 pub use rtt::RttEstimator;
