@@ -49,6 +49,55 @@ fn table(space: Space) -> TableDefinition<'static, Bytes, Bytes> {
     })
 }
 
+/// Chunks smaller than this stay in the index itself rather than the log:
+/// two or more fit a 4 KiB B-tree page, and a commit of only such chunks
+/// (small files) syncs redb alone, not a log segment as well.
+const INLINE_BELOW: usize = 2048;
+
+/// An entry of the chunk index: where the chunk's bytes are, or the bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ChunkEntry<'a> {
+    Log(Loc),
+    Inline(&'a [u8]),
+}
+
+impl<'a> ChunkEntry<'a> {
+    const LOG: u8 = 0;
+    const INLINE: u8 = 1;
+
+    fn encode(self) -> Vec<u8> {
+        match self {
+            ChunkEntry::Log(loc) => [&[Self::LOG][..], &loc.encode()].concat(),
+            ChunkEntry::Inline(bytes) => [&[Self::INLINE][..], bytes].concat(),
+        }
+    }
+
+    /// `None` for bytes that are no entry.
+    fn decode(bytes: &'a [u8]) -> Option<ChunkEntry<'a>> {
+        match bytes.split_first()? {
+            (&Self::LOG, loc) => Loc::decode(loc).map(ChunkEntry::Log),
+            (&Self::INLINE, bytes) => Some(ChunkEntry::Inline(bytes)),
+            _ => None,
+        }
+    }
+
+    fn len(self) -> usize {
+        match self {
+            ChunkEntry::Log(loc) => loc.len as usize,
+            ChunkEntry::Inline(bytes) => bytes.len(),
+        }
+    }
+}
+
+/// The index entry for `value`: inline when small, else appended to `log`
+/// (in `appends`).
+fn chunk_entry(log: &mut ChunkLog, appends: &mut Appends, value: &[u8]) -> io::Result<Vec<u8>> {
+    if value.len() < INLINE_BELOW {
+        return Ok(ChunkEntry::Inline(value).encode());
+    }
+    Ok(ChunkEntry::Log(log.append(appends, value)?).encode())
+}
+
 /// Where stores before the chunk log kept chunk bytes; moved into the log
 /// at open.
 const LEGACY_CHUNKS: TableDefinition<'static, Bytes, Bytes> = TableDefinition::new("chunks");
@@ -305,8 +354,8 @@ impl DiskStore {
             let mut index = txn.open_table(table(Space::Chunks))?;
             for entry in legacy.iter()? {
                 let (key, value) = entry?;
-                let loc = log.append(&mut appends, value.value())?;
-                index.insert(key.value(), loc.encode().as_slice())?;
+                let entry = chunk_entry(log, &mut appends, value.value())?;
+                index.insert(key.value(), entry.as_slice())?;
             }
         }
         txn.delete_table(LEGACY_CHUNKS)?;
@@ -329,10 +378,12 @@ impl DiskStore {
         let index = txn.open_table(table(Space::Chunks))?;
         for entry in index.iter()? {
             let (key, value) = entry?;
-            let loc = Loc::decode(value.value())
-                .ok_or_else(|| redb::Error::Corrupted("a chunk location is malformed".into()))?;
-            log.count_live(loc);
-            usage.bytes += (key.value().len() + loc.len as usize) as u64;
+            let entry = ChunkEntry::decode(value.value())
+                .ok_or_else(|| redb::Error::Corrupted("a chunk index entry is malformed".into()))?;
+            if let ChunkEntry::Log(loc) = entry {
+                log.count_live(loc);
+            }
+            usage.bytes += (key.value().len() + entry.len()) as u64;
             usage.entries += 1;
         }
         Ok(usage)
@@ -377,7 +428,7 @@ impl DiskStore {
             return Ok(v.map(<[u8]>::len));
         }
         self.committed(space, key, |v| match (space, v) {
-            (Space::Chunks, Some(v)) => Ok(Some(location(v)?.len as usize)),
+            (Space::Chunks, Some(v)) => Ok(Some(chunk_entry_of(v)?.len())),
             (_, v) => Ok(v.map(<[u8]>::len)),
         })
     }
@@ -449,7 +500,9 @@ impl DiskStore {
         let mut moved = Vec::new();
         for entry in index.iter().map_err(store_error)? {
             let (key, value) = entry.map_err(store_error)?;
-            let loc = location(value.value())?;
+            let ChunkEntry::Log(loc) = chunk_entry_of(value.value())? else {
+                continue;
+            };
             if !picked.contains(&loc.segment)
                 || self.uncommitted(Space::Chunks, key.value()).is_some()
             {
@@ -528,17 +581,20 @@ impl DiskStore {
             for (key, value) in layer {
                 let old = match (space, value) {
                     (Space::Chunks, Some(v)) => {
-                        let loc = self.log.append(&mut appends, v)?;
-                        change.added.push(loc);
-                        t.insert(key.as_slice(), loc.encode().as_slice())?
+                        let entry = chunk_entry(&mut self.log, &mut appends, v)?;
+                        if let Some(ChunkEntry::Log(loc)) = ChunkEntry::decode(&entry) {
+                            change.added.push(loc);
+                        }
+                        t.insert(key.as_slice(), entry.as_slice())?
                     }
                     (_, Some(v)) => t.insert(key.as_slice(), v.as_slice())?,
                     (_, None) => t.remove(key.as_slice())?,
                 };
                 if space == Space::Chunks
-                    && let Some(old) = old.as_ref().and_then(|v| Loc::decode(v.value()))
+                    && let Some(old) = old.as_ref()
+                    && let Some(ChunkEntry::Log(loc)) = ChunkEntry::decode(old.value())
                 {
-                    change.freed.push(old);
+                    change.freed.push(loc);
                 }
             }
         }
@@ -558,10 +614,10 @@ impl DiskStore {
     }
 }
 
-/// Decodes a chunk location from the index.
-fn location(bytes: &[u8]) -> Result<Loc, StoreError> {
-    Loc::decode(bytes).ok_or_else(|| {
-        tracing::warn!("a chunk location in the index is malformed");
+/// Decodes an entry of the chunk index.
+fn chunk_entry_of(bytes: &[u8]) -> Result<ChunkEntry<'_>, StoreError> {
+    ChunkEntry::decode(bytes).ok_or_else(|| {
+        tracing::warn!("an entry of the chunk index is malformed");
         StoreError::Corrupt
     })
 }
@@ -629,14 +685,16 @@ impl Storage for DiskStore {
         }
         self.committed(space, key, |v| match (space, v) {
             (_, None) => Ok(None),
-            (Space::Chunks, Some(v)) => {
-                let loc = location(v)?;
-                if out.len() < loc.len as usize {
-                    return Err(StoreError::BufferTooSmall);
+            (Space::Chunks, Some(v)) => match chunk_entry_of(v)? {
+                ChunkEntry::Inline(bytes) => copy_out(bytes, out),
+                ChunkEntry::Log(loc) => {
+                    if out.len() < loc.len as usize {
+                        return Err(StoreError::BufferTooSmall);
+                    }
+                    self.log.read(loc, out).map_err(log_error)?;
+                    Ok(Some(loc.len as usize))
                 }
-                self.log.read(loc, out).map_err(log_error)?;
-                Ok(Some(loc.len as usize))
-            }
+            },
             (_, Some(v)) => copy_out(v, out),
         })
     }
@@ -1095,19 +1153,20 @@ mod tests {
             let txn = db.begin_write().unwrap();
             {
                 let mut t = txn.open_table(LEGACY_CHUNKS).unwrap();
-                t.insert(b"old-a".as_slice(), [1u8; 300].as_slice())
+                t.insert(b"old-a".as_slice(), [1u8; 3000].as_slice())
                     .unwrap();
                 t.insert(b"old-b".as_slice(), [2u8; 50].as_slice()).unwrap();
             }
             txn.commit().unwrap();
         }
         let s = DiskStore::open(dir.path()).unwrap();
-        let mut out = [0u8; 512];
-        assert_eq!(s.get(Space::Chunks, b"old-a", &mut out), Ok(Some(300)));
-        assert_eq!(out[..300], [1u8; 300]);
+        let mut out = [0u8; 4096];
+        assert_eq!(s.get(Space::Chunks, b"old-a", &mut out), Ok(Some(3000)));
+        assert_eq!(out[..3000], [1u8; 3000]);
         assert_eq!(s.get(Space::Chunks, b"old-b", &mut out), Ok(Some(50)));
+        assert_eq!(out[..50], [2u8; 50]);
         assert_eq!(s.usage().entries, 2);
-        assert_eq!(s.chunk_log_bytes(), 350);
+        assert_eq!(s.chunk_log_bytes(), 3000, "the small chunk stays inline");
         s.close().unwrap();
         let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
         let txn = db.begin_read().unwrap();
