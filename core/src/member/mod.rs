@@ -54,6 +54,18 @@ pub enum MemberEvent {
     Left(NodeId),
 }
 
+/// Why [`Membership::forget`] refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum ForgetError {
+    /// No such member in this node's table.
+    Unknown,
+    /// The member is alive or suspect here: only a dead one can be forgotten.
+    NotDead,
+    /// A node cannot forget itself (stop it cleanly instead: it leaves).
+    IsSelf,
+}
+
 /// Counters for operators and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -278,6 +290,33 @@ impl<const N: usize> Membership<N> {
         self.broadcasts.push(self.local.id);
         self.next_join = None;
         self.gossip_round(now, self.config.gossip_nodes.saturating_mul(2));
+    }
+
+    /// Declares the dead member `id` gone for good, as if it had left: its
+    /// record turns `Left` under the next incarnation and spreads. Only an
+    /// operator knows a dead node will not come back; the cluster then stops
+    /// waiting for it (a dead member holds back GC, see `docs/fs.md`). A
+    /// node that was forgotten but does come back overrides this: a restart
+    /// brings a new boot epoch, and a running node refutes it.
+    pub fn forget(&mut self, id: NodeId) -> Result<(), ForgetError> {
+        if id == self.local.id {
+            return Err(ForgetError::IsSelf);
+        }
+        let m = self
+            .members
+            .iter_mut()
+            .find(|m| m.id() == id)
+            .ok_or(ForgetError::Unknown)?;
+        match m.record.state {
+            State::Dead => {}
+            State::Left => return Ok(()),
+            State::Alive | State::Suspect => return Err(ForgetError::NotDead),
+        }
+        m.record.version.incarnation = m.record.version.incarnation.saturating_add(1);
+        m.record.state = State::Left;
+        self.broadcasts.push(id);
+        self.event(MemberEvent::Left(id));
+        Ok(())
     }
 
     /// Changes what this node says about itself (weight, pools, tags) and

@@ -303,3 +303,63 @@ fn pinned_ping_bytes() {
     // variant 0, seq 300 (varint), target 2, one update: Suspect (1), id 5, epoch 1, incarnation 2
     assert_eq!(&buf[..n], &[0, 0xac, 0x02, 2, 1, 1, 5, 1, 2]);
 }
+
+fn dead(id: u64, epoch: u64, incarnation: u32) -> Update {
+    Update::Dead {
+        id: NodeId(id),
+        version: Version { epoch, incarnation },
+    }
+}
+
+/// An operator's forget turns a dead member `Left` under a higher
+/// incarnation, which overrides `Dead` at the other members; it refuses
+/// live members, unknown ones and the node itself; and a forgotten node
+/// that restarts (a new epoch) is taken back.
+#[test]
+fn forget_turns_a_dead_member_left_everywhere_and_a_restart_overrides_it() {
+    let mut a = node();
+    a.handle_message(
+        T,
+        NodeId(2),
+        addr(2),
+        gossip(&[alive(2, 1, 0), alive(3, 1, 0)]),
+    );
+    assert_eq!(a.forget(NodeId(2)), Err(ForgetError::NotDead));
+    assert_eq!(a.forget(NodeId(9)), Err(ForgetError::Unknown));
+    assert_eq!(a.forget(NodeId(1)), Err(ForgetError::IsSelf));
+    a.handle_message(T, NodeId(2), addr(2), gossip(&[dead(3, 1, 0)]));
+    events(&mut a);
+    drain(&mut a);
+
+    assert_eq!(a.forget(NodeId(3)), Ok(()));
+    assert_eq!(a.get(NodeId(3)).unwrap().state(), State::Left);
+    assert_eq!(events(&mut a)[..], [MemberEvent::Left(NodeId(3))]);
+    assert_eq!(a.forget(NodeId(3)), Ok(()), "forgetting twice is no error");
+
+    // What `a` gossips turns `b`'s dead record into a departed one.
+    let mut b = node();
+    b.handle_message(
+        T,
+        NodeId(2),
+        addr(2),
+        gossip(&[alive(2, 1, 0), alive(3, 1, 0)]),
+    );
+    b.handle_message(T, NodeId(2), addr(2), gossip(&[dead(3, 1, 0)]));
+    a.handle_timeout(T + crate::Duration::from_millis(200));
+    let news: heapless::Vec<Update, 16> = drain(&mut a)
+        .into_iter()
+        .filter_map(|(_, msg)| match msg {
+            Message::Gossip { gossip } => Some(gossip),
+            _ => None,
+        })
+        .flatten()
+        .filter(|u| u.id() == NodeId(3))
+        .collect();
+    assert!(!news.is_empty(), "the forget is gossiped");
+    b.handle_message(T, NodeId(1), addr(1), gossip(&news));
+    assert_eq!(b.get(NodeId(3)).unwrap().state(), State::Left);
+
+    // The node comes back after a restart: a new epoch wins.
+    b.handle_message(T, NodeId(3), addr(3), gossip(&[alive(3, 2, 0)]));
+    assert_eq!(b.get(NodeId(3)).unwrap().state(), State::Alive);
+}

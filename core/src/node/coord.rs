@@ -392,7 +392,7 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
                 spare.aux = aux;
             }
             Request::Mark { id, depth, round } => self.on_mark(now, id, depth, round),
-            Request::Send { .. } | Request::Members { .. } => {
+            Request::Send { .. } | Request::Members { .. } | Request::Forget { .. } => {
                 self.reply_error(now, from, req, RemoteError::Malformed, spare)
             }
         }

@@ -235,6 +235,15 @@ pub enum Request<'a> {
         /// Its depth in the tree being built (0: a data chunk).
         depth: u8,
     },
+
+    // ---- asked of the receiver itself ----
+    /// Declare the dead member `id` gone for good
+    /// ([`crate::member::Membership::forget`]). Answers
+    /// [`Response::Forgotten`].
+    Forget {
+        /// The member.
+        id: NodeId,
+    },
 }
 
 /// A node's answer.
@@ -320,6 +329,8 @@ pub enum Response {
     Stored,
     /// Whether a replica holds a chunk.
     Has(bool),
+    /// The member was forgotten (its record now says it left).
+    Forgotten,
 }
 
 /// Why a node could not serve a request. Append-only on the wire.
@@ -355,6 +366,13 @@ pub enum RemoteError {
     /// The node holds the chunk but, in its view, is not one of its owners:
     /// it will not keep it, so its copy cannot stand for a handoff's.
     NotOwner,
+    /// No such member in the node's table.
+    UnknownMember,
+    /// The member is alive (or only suspect) in the node's view: only a
+    /// dead member can be forgotten.
+    NotDead,
+    /// A node cannot forget itself.
+    IsSelf,
 }
 
 impl core::fmt::Display for RemoteError {
@@ -376,6 +394,13 @@ impl core::fmt::Display for RemoteError {
             RemoteError::Io => "a replica's store failed",
             RemoteError::TooLarge => "the value is larger than the cluster takes",
             RemoteError::NotOwner => "the node does not keep that chunk (not one of its owners)",
+            RemoteError::UnknownMember => "the node knows no such member",
+            RemoteError::NotDead => {
+                "that member is not dead in the node's view: only a dead member can be forgotten"
+            }
+            RemoteError::IsSelf => {
+                "a node cannot forget itself: stop it cleanly instead, and it leaves"
+            }
         })
     }
 }

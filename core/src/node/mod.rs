@@ -38,7 +38,7 @@ pub use event::{Event, NodeStats, OpFailure, OpId};
 use core::net::SocketAddr;
 
 use crate::link::{FRAGMENT, Link, LinkConfig, LinkEvent, MAX_FRAME};
-use crate::member::{MemberConfig, MemberEvent, Membership, Message, Profile, State};
+use crate::member::{ForgetError, MemberConfig, MemberEvent, Membership, Message, Profile, State};
 use crate::repl::HlcClock;
 use crate::router::{self, KeyDigest};
 use crate::store::Storage;
@@ -482,6 +482,12 @@ impl<
             digest: KeyDigest::of(key),
         };
         self.request(now, target, &Request::Send { key, payload })
+    }
+
+    /// Asks the contact node (clients) or this node (members) to forget the
+    /// dead member `id` ([`crate::member::Membership::forget`]).
+    pub fn forget_member(&mut self, now: Instant, id: NodeId) -> Result<OpId, CommandError> {
+        self.request(now, Target::Here, &Request::Forget { id })
     }
 
     /// Asks for a page of the member table of the contact node (clients) or
@@ -977,6 +983,14 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
                 }
             }
             Request::Members { from: start } => self.members_response(start),
+            Request::Forget { id } => match self.member.forget(id) {
+                Ok(()) => Response::Forgotten,
+                Err(e) => Response::Error(match e {
+                    ForgetError::Unknown => RemoteError::UnknownMember,
+                    ForgetError::NotDead => RemoteError::NotDead,
+                    ForgetError::IsSelf => RemoteError::IsSelf,
+                }),
+            },
             other => return self.serve_data(now, from, prefix.id, other, spare),
         };
         self.reply(now, from, prefix.id, &response, spare);

@@ -462,6 +462,19 @@ impl Client {
         self.contact
     }
 
+    /// Asks the contact to forget the dead member `id`
+    /// ([`Node::forget_member`]).
+    pub fn forget(&mut self, id: NodeId) -> Result<(), ClientError> {
+        match self.request(|node, now| node.forget_member(now, id))? {
+            Response::Forgotten => Ok(()),
+            Response::Error(e) => Err(ClientError::Request {
+                addr: self.contact,
+                reason: OpFailure::Remote(e),
+            }),
+            _ => Err(ClientError::Unexpected("a forget receipt")),
+        }
+    }
+
     /// The contact's whole member table, itself first, paged through
     /// [`Node::members_page`] until its `total`.
     pub fn members(&mut self) -> Result<Vec<Record>, ClientError> {

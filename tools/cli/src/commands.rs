@@ -1,4 +1,5 @@
-//! The small commands: `keygen`, `status`, `send`, `dev up`, `dev down`.
+//! The small commands: `keygen`, `status`, `send`, `forget`, `dev up`,
+//! `dev down`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -35,6 +36,38 @@ pub fn status(config: &ClientConfig, json: bool) -> Result<()> {
         members::alive(&records),
         members::name_of(&records, client.contact_id()),
         client.contact()
+    );
+    Ok(())
+}
+
+/// `shoal forget MEMBER`: MEMBER is a name or an id, as `status` shows.
+pub fn forget(config: &ClientConfig, member: &str) -> Result<()> {
+    let mut client = Client::connect(config)?;
+    let records = client.members()?;
+    let matching: Vec<_> = records
+        .iter()
+        .filter(|r| r.id.to_string() == member || r.profile.name.as_str() == member)
+        .collect();
+    let record = match matching[..] {
+        [r] => r,
+        [] => anyhow::bail!(
+            "no member {member:?} in the member table of {}: `shoal status` lists names and ids",
+            client.contact()
+        ),
+        _ => anyhow::bail!(
+            "{} members are named {member:?}: give the id of the one to forget ({})",
+            matching.len(),
+            matching
+                .iter()
+                .map(|r| r.id.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    client.forget(record.id)?;
+    println!(
+        "forgot {} ({}): it is recorded as left, and the cluster no longer waits for it",
+        record.profile.name, record.id
     );
     Ok(())
 }

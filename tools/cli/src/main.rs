@@ -89,6 +89,13 @@ enum Command {
         #[arg(long, default_value = "data")]
         pool: String,
     },
+    /// Declare a dead member gone for good (by name or id, as `status`
+    /// shows): it is recorded as left, and garbage collection, which waits
+    /// while any member is dead, goes on. If it ever starts again it rejoins.
+    Forget {
+        /// The member's name or id.
+        member: String,
+    },
     /// Store, fetch, list and remove files in the cluster's file system.
     Fs {
         #[command(subcommand)]
@@ -271,6 +278,7 @@ fn run(cli: Cli) -> Result<()> {
             })?;
             commands::send(&g.client_config()?, pool, &routing_key, &message, g.json)
         }
+        Command::Forget { member } => commands::forget(&g.client_config()?, &member),
         Command::Fs { command } => run_fs(&g, command),
         Command::Dev {
             command:

@@ -7,7 +7,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    DevCluster, assert_error, free_tcp_port, free_udp_port, http_get, kill9, metric, run,
+    DevCluster, assert_error, free_tcp_port, free_udp_port, http_get, kill9, metric, run, stderr,
+    stdout,
 };
 use serde_json::Value;
 use shoal_core::router::{self, Candidate, KeyDigest};
@@ -210,4 +211,32 @@ fn send_is_answered_by_the_owner_of_each_of_100_keys() {
         3,
         "every node owns some keys: {answered_by:?}"
     );
+}
+
+/// `shoal forget`: a live member and an unknown one are refused with a
+/// clear error; a dead one is recorded as left, and that spreads to the
+/// other members.
+#[test]
+fn a_dead_member_forgotten_is_left_everywhere() {
+    let c = DevCluster::up("forget", 3);
+    c.wait_status(0, Duration::from_secs(10), |s| alive(s) == 3);
+    let forget = |member: &str| run(&["forget", member, "--node", &c.addr(0), "--key", &c.key]);
+    assert_error(&forget("n2"), 1, "not dead");
+    assert_error(&forget("n9"), 1, "no member \"n9\"");
+
+    kill9(c.nodes[2]["pid"].as_u64().expect("pid"));
+    for i in [0, 1] {
+        c.wait_status(i, Duration::from_secs(15), |s| {
+            by_name(s, "n3").is_some_and(|m| m["state"] == "dead")
+        });
+    }
+    let out = forget("n3");
+    assert!(out.status.success(), "forget failed: {}", stderr(&out));
+    assert!(stdout(&out).contains("forgot n3"), "{}", stdout(&out));
+    for i in [0, 1] {
+        let (took, _) = c.wait_status(i, Duration::from_secs(10), |s| {
+            by_name(s, "n3").is_some_and(|m| m["state"] == "left")
+        });
+        eprintln!("n{} lists n3 as left {took:?} after the forget", i + 1);
+    }
 }
