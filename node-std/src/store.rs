@@ -2,14 +2,16 @@
 //!
 //! One redb table per [`Space`], named by [`Space::name`], except chunks:
 //! their bytes are appended to segment files under `DIR/chunks/` and redb
-//! holds only where each one is (the `chunk_index` table; see [`log`]).
+//! holds only where each one is (the `chunk_index` table; see [`log`]),
+//! or, for a chunk under 2 KiB, the bytes themselves.
 //!
 //! Group commit, in the background: puts and removes gather in memory,
 //! visible at once to `get` and `next_key`; a flush hands the batch to a
-//! committer thread, which writes it into one redb transaction and commits
-//! it with redb's `Immediate` durability (synced before the commit returns)
-//! while the node goes on, after writing and syncing the batch's chunk bytes. One sync covers every write of the batch. A
-//! committed write survives `kill -9` and power loss; one not yet committed
+//! committer thread, which appends the batch's chunks to the log and syncs
+//! them, then writes the rest into one redb transaction and commits it with
+//! redb's `Immediate` durability (synced before the commit returns), while
+//! the node goes on. A batch costs one sync of redb, plus one per log
+//! segment it appended to. A committed write survives `kill -9` and power loss; one not yet committed
 //! may be lost, which is why the node acknowledges a write only after the
 //! commit that covers it ([`Storage::flush_poll`]). Closing or dropping the
 //! store flushes too.
@@ -41,7 +43,7 @@ const CACHE_BYTES: usize = 64 << 20;
 
 type Bytes = &'static [u8];
 
-/// The table of `space`: for chunks, the index of their locations.
+/// The table of `space`: for chunks, their index ([`ChunkEntry`]).
 fn table(space: Space) -> TableDefinition<'static, Bytes, Bytes> {
     TableDefinition::new(match space {
         Space::Chunks => "chunk_index",
