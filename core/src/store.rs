@@ -100,6 +100,16 @@ pub trait Storage {
     /// durable after the next [`Storage::flush`].
     fn put(&mut self, space: Space, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
 
+    /// Stores `value` under `key` as [`Storage::put`] does; whether `key`
+    /// held a value before (or could not be read: an unreadable value
+    /// counts as there). The default looks first; a store that learns it
+    /// while writing answers without the second lookup.
+    fn insert(&mut self, space: Space, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
+        let had = !matches!(self.get(space, key, &mut []), Ok(None));
+        self.put(space, key, value)?;
+        Ok(had)
+    }
+
     /// Removes `key`; whether it was there. Durable after the next flush.
     fn remove(&mut self, space: Space, key: &[u8]) -> Result<bool, StoreError>;
 
@@ -153,6 +163,10 @@ impl<T: Storage + ?Sized> Storage for &mut T {
 
     fn put(&mut self, space: Space, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         (**self).put(space, key, value)
+    }
+
+    fn insert(&mut self, space: Space, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
+        (**self).insert(space, key, value)
     }
 
     fn remove(&mut self, space: Space, key: &[u8]) -> Result<bool, StoreError> {
@@ -312,6 +326,19 @@ impl<const BYTES: usize, const ENTRIES: usize> Storage for RamStore<BYTES, ENTRI
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn insert_says_whether_the_key_was_there() {
+        let mut s = RamStore::<64, 4>::new();
+        assert_eq!(s.insert(Space::Chunks, b"a", b"one"), Ok(false));
+        assert_eq!(s.insert(Space::Chunks, b"a", b"two"), Ok(true));
+        assert_eq!(s.insert(Space::Records, b"a", b"one"), Ok(false));
+        let mut out = [0u8; 4];
+        assert_eq!(s.get(Space::Chunks, b"a", &mut out), Ok(Some(3)));
+        assert_eq!(&out[..3], b"two");
+        assert_eq!(s.remove(Space::Chunks, b"a"), Ok(true));
+        assert_eq!(s.insert(Space::Chunks, b"a", b"one"), Ok(false));
+    }
 
     #[test]
     fn put_get_replace_remove() {

@@ -702,6 +702,10 @@ impl Storage for DiskStore {
     }
 
     fn put(&mut self, space: Space, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.insert(space, key, value).map(drop)
+    }
+
+    fn insert(&mut self, space: Space, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
         let old = self.len_of(space, key)?;
         let added = (key.len() + value.len()) as u64;
         let freed = old.map_or(0, |n| (key.len() + n) as u64);
@@ -717,7 +721,7 @@ impl Storage for DiskStore {
         if old.is_none() {
             self.usage.entries += 1;
         }
-        Ok(())
+        Ok(old.is_some())
     }
 
     fn remove(&mut self, space: Space, key: &[u8]) -> Result<bool, StoreError> {
@@ -927,6 +931,29 @@ mod tests {
                 capacity: None
             }
         );
+    }
+
+    #[test]
+    fn insert_says_whether_the_key_was_there_in_every_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = DiskStore::open(dir.path()).unwrap();
+        let big = vec![7u8; 4096]; // held in the chunk log, not inline
+        assert_eq!(s.insert(Space::Chunks, b"log", &big), Ok(false));
+        assert_eq!(s.insert(Space::Chunks, b"inline", b"small"), Ok(false));
+        // Unflushed.
+        assert_eq!(s.insert(Space::Chunks, b"log", &big), Ok(true));
+        // Being committed in the background.
+        assert!(matches!(s.flush_begin(), FlushBegun::Running(_)));
+        assert_eq!(s.insert(Space::Chunks, b"inline", b"small"), Ok(true));
+        s.flush().unwrap();
+        // Committed, in the log and inline.
+        assert_eq!(s.insert(Space::Chunks, b"log", &big), Ok(true));
+        assert_eq!(s.insert(Space::Chunks, b"inline", b"small"), Ok(true));
+        assert_eq!(s.insert(Space::Records, b"log", b"other space"), Ok(false));
+        assert_eq!(s.usage().entries, 3);
+        assert_eq!(s.remove(Space::Chunks, b"log"), Ok(true));
+        assert_eq!(s.insert(Space::Chunks, b"log", &big), Ok(false));
+        s.close().unwrap();
     }
 
     /// Walks `prefix` in `space` with `next_key`, from `after`.

@@ -303,19 +303,19 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
                 replica,
             } => self.record_list(now, from, req, prefix, after, replica, spare),
             Request::ChunkStore { id, data } => {
-                if !id.verifies(data) {
+                // This node's own coordinator asks only with an id it has
+                // just computed from these bytes (`chunk_write`).
+                if from != self.id && !id.verifies(data) {
                     return self.reply_error(now, from, req, RemoteError::Corrupt, spare);
                 }
-                // A chunk new here carries no mark, and keeps none until
-                // the sweep meets it (see `born`); one stored before, or
-                // marked before (its copy since handed off), may carry an
-                // old mark, which must not date it.
-                let mut probe = [0u8; 0];
-                let seen_before = self.mark_of(&id).is_some()
-                    || !matches!(self.store.get(Space::Chunks, &id.0, &mut probe), Ok(None));
-                match self.store.put(Space::Chunks, &id.0, data) {
-                    Ok(()) => {
-                        if seen_before {
+                match self.store.insert(Space::Chunks, &id.0, data) {
+                    Ok(had) => {
+                        // A chunk new here carries no mark, and keeps none
+                        // until the sweep meets it (see `born`); one stored
+                        // before, or marked before (its copy since handed
+                        // off), may carry an old mark, which must not date
+                        // it.
+                        if had || self.mark_of(&id).is_some() {
                             self.born(now, &id);
                         }
                         self.hold(now, from, req, spare)
