@@ -21,6 +21,7 @@
 
 mod log;
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io;
 use std::ops::Bound;
@@ -28,8 +29,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 
 use redb::{
-    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
-    WriteTransaction,
+    Database, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition, WriteTransaction,
 };
 use shoal_core::store::{FlushBegun, Space, Storage, StoreError, Usage};
 
@@ -168,6 +169,9 @@ impl OpenError {
 /// (`None`: removed).
 type Layer = [BTreeMap<Vec<u8>, Option<Vec<u8>>>; 3];
 
+/// Per space, its table in the newest committed snapshot, once read.
+type Snapshot = [Option<ReadOnlyTable<Bytes, Bytes>>; 3];
+
 /// A [`Storage`] kept in `DIR/shoal.redb`.
 ///
 /// **Group commit in the background.** Puts and removes go to an in-memory
@@ -193,6 +197,12 @@ pub struct DiskStore {
     pending: Layer,
     /// The batch being committed, until it ends.
     inflight: Option<Inflight>,
+    /// The tables reads go to, opened at the first read after a commit
+    /// ends and kept until the next one ends or begins, so a lookup is one
+    /// B-tree walk rather than a read transaction and a table open.
+    /// Dropped before the database is reopened or closed: it keeps it
+    /// open.
+    snapshot: RefCell<Snapshot>,
     /// The segment files chunk bytes live in.
     log: ChunkLog,
     next_ticket: u64,
@@ -297,6 +307,7 @@ impl DiskStore {
             path,
             pending: Layer::default(),
             inflight: None,
+            snapshot: RefCell::default(),
             log,
             next_ticket: 1,
             lost: None,
@@ -402,6 +413,7 @@ impl DiskStore {
     pub fn close(mut self) -> Result<(), StoreError> {
         let flushed = self.flush();
         self.committer.stop();
+        self.snapshot.take();
         let closed = match self.db.take() {
             Some(db) => db.close().map_err(store_error),
             None => Ok(()),
@@ -443,10 +455,29 @@ impl DiskStore {
         key: &[u8],
         f: impl FnOnce(Option<&[u8]>) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        let txn = self.db()?.begin_read().map_err(store_error)?;
-        let t = txn.open_table(table(space)).map_err(store_error)?;
-        let value = t.get(key).map_err(store_error)?;
-        f(value.as_ref().map(|v| v.value()))
+        self.with_snapshot(space, |t| {
+            let value = t.get(key).map_err(store_error)?;
+            f(value.as_ref().map(|v| v.value()))
+        })
+    }
+
+    /// Hands `f` the table of `space` in the newest committed snapshot
+    /// (`f` must not read the store again).
+    fn with_snapshot<R>(
+        &self,
+        space: Space,
+        f: impl FnOnce(&ReadOnlyTable<Bytes, Bytes>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let mut snapshot = self.snapshot.borrow_mut();
+        let slot = &mut snapshot[space as usize];
+        if slot.is_none() {
+            let txn = self.db()?.begin_read().map_err(store_error)?;
+            *slot = Some(txn.open_table(table(space)).map_err(store_error)?);
+        }
+        match slot {
+            Some(t) => f(t),
+            None => Err(StoreError::Io),
+        }
     }
 
     /// Ends the commit in flight, waiting for it.
@@ -465,6 +496,9 @@ impl DiskStore {
     /// success, deletes the log segments no chunk lives in any more and
     /// starts compacting the sparse ones.
     fn ended(&mut self, ticket: u64, result: Result<(), redb::Error>) -> Result<(), StoreError> {
+        // Reads must see what this commit made durable, as the batch they
+        // looked through goes.
+        self.snapshot.take();
         let batch = self.inflight.take();
         debug_assert!(
             batch
@@ -529,6 +563,7 @@ impl DiskStore {
         let poisoned = matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo);
         let mapped = store_error(e);
         self.inflight = None;
+        self.snapshot.take();
         // The rewrites of compacting segments were lost with the batch.
         self.log.compaction_failed();
         if self.pending.iter().any(|l| !l.is_empty()) {
@@ -548,6 +583,7 @@ impl DiskStore {
     fn reopen(&mut self) {
         // The old handle holds the file lock: it must go first. Nothing is
         // being committed (a commit's end is what brings us here).
+        self.snapshot.take();
         self.db = None;
         match Self::open_file(&self.path) {
             Ok(db) => {
@@ -612,6 +648,7 @@ impl DiskStore {
         self.pending = Layer::default();
         let _ = self.wait_inflight();
         self.committer.stop();
+        self.snapshot.take();
         self.db = None;
     }
 }
@@ -759,6 +796,10 @@ impl Storage for DiskStore {
         if self.pending.iter().all(BTreeMap::is_empty) {
             return FlushBegun::Done(Ok(()));
         }
+        // redb reuses the pages a commit frees only once no reader holds
+        // that commit's snapshot or an older one: let go of ours, so space
+        // just freed (on a full disk, say) is there for this batch.
+        self.snapshot.take();
         let (txn, appends, change) = match self.prepare_batch() {
             Ok(batch) => batch,
             Err(e) => {
@@ -804,33 +845,33 @@ impl Storage for DiskStore {
         out: &mut [u8],
     ) -> Result<Option<usize>, StoreError> {
         let i = space as usize;
-        let txn = self.db()?.begin_read().map_err(store_error)?;
-        let t = txn.open_table(table(space)).map_err(store_error)?;
-        let mut cursor: Option<Vec<u8>> = after.map(<[u8]>::to_vec);
-        loop {
-            let after = cursor.as_deref();
-            let candidates = [
-                next_key_in_layer(&self.pending[i], prefix, after),
-                self.inflight
-                    .as_ref()
-                    .and_then(|b| next_key_in_layer(&b.layer[i], prefix, after)),
-                next_key_in(&t, prefix, after)?,
-            ];
-            let Some(key) = candidates.into_iter().flatten().min() else {
-                return Ok(None);
-            };
-            let live = match self.uncommitted(space, &key) {
-                Some(v) => v.is_some(),
-                None => true,
-            };
-            if live {
-                out.get_mut(..key.len())
-                    .ok_or(StoreError::BufferTooSmall)?
-                    .copy_from_slice(&key);
-                return Ok(Some(key.len()));
+        self.with_snapshot(space, |t| {
+            let mut cursor: Option<Vec<u8>> = after.map(<[u8]>::to_vec);
+            loop {
+                let after = cursor.as_deref();
+                let candidates = [
+                    next_key_in_layer(&self.pending[i], prefix, after),
+                    self.inflight
+                        .as_ref()
+                        .and_then(|b| next_key_in_layer(&b.layer[i], prefix, after)),
+                    next_key_in(t, prefix, after)?,
+                ];
+                let Some(key) = candidates.into_iter().flatten().min() else {
+                    return Ok(None);
+                };
+                let live = match self.uncommitted(space, &key) {
+                    Some(v) => v.is_some(),
+                    None => true,
+                };
+                if live {
+                    out.get_mut(..key.len())
+                        .ok_or(StoreError::BufferTooSmall)?
+                        .copy_from_slice(&key);
+                    return Ok(Some(key.len()));
+                }
+                cursor = Some(key);
             }
-            cursor = Some(key);
-        }
+        })
     }
 
     fn usage(&self) -> Usage {
