@@ -20,7 +20,14 @@
 //! reset  0  kind = 2
 //!        1  stream     u16  the generation the receiver has no state for
 //!        3  seq        u32  the seq that found no stream
+//! packed 0  kind = 3
+//!        1  len        u16  then that many bytes: one frame of the kinds above
+//!        …                  again, to the end: two or more frames in all
 //! ```
+//!
+//! A packed frame carries small frames (at most [`PACK_MAX`] bytes each) to
+//! one peer in one datagram: a burst of requests, replies or acks costs one
+//! seal and one trip through the network stack instead of one each.
 //!
 //! All integers little-endian. A message's fragments have consecutive
 //! sequence numbers: fragment `index` belongs to the message whose first
@@ -36,6 +43,52 @@ pub const DATA_HEADER: usize = 22;
 pub const FRAGMENT: usize = MAX_FRAME - DATA_HEADER;
 /// Most fragments in one message.
 pub const MAX_FRAGMENTS: usize = 16;
+/// First byte of a packed frame.
+pub const PACKED: u8 = 3;
+/// Bytes a packed frame spends on its kind.
+pub const PACKED_HEADER: usize = 1;
+/// Bytes a packed frame spends on each frame it carries (its length).
+pub const PACKED_PREFIX: usize = 2;
+/// Largest frame a sender packs with others; larger ones (the fragments of
+/// bulk transfers) go alone, so equal fragments make equal datagrams.
+pub const PACK_MAX: usize = MAX_FRAME / 2;
+
+/// The frames of packed frame `b`, in order. Yields `Err` (and stops) at
+/// the first malformed one: a length past the end, an empty or nested
+/// frame; those before it were well-formed.
+pub fn unpack(b: &[u8]) -> Option<Unpack<'_>> {
+    match b {
+        [PACKED, rest @ ..] if b.len() <= MAX_FRAME && !rest.is_empty() => {
+            Some(Unpack { rest: Some(rest) })
+        }
+        _ => None,
+    }
+}
+
+/// The frames of a packed frame: see [`unpack`].
+pub struct Unpack<'a> {
+    /// What is left; `None` after a malformed frame.
+    rest: Option<&'a [u8]>,
+}
+
+impl<'a> Iterator for Unpack<'a> {
+    type Item = Result<&'a [u8], ()>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let rest = self.rest.take().filter(|r| !r.is_empty())?;
+        let one = u16_at(rest, 0).map(usize::from).and_then(|len| {
+            let frame = rest.get(PACKED_PREFIX..PACKED_PREFIX + len)?;
+            (len > 0 && frame[0] != PACKED).then_some((frame, &rest[PACKED_PREFIX + len..]))
+        });
+        match one {
+            Some((frame, tail)) => {
+                self.rest = Some(tail);
+                Some(Ok(frame))
+            }
+            None => Some(Err(())),
+        }
+    }
+}
 
 /// Acknowledgement state piggybacked on data frames and sent alone.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -266,5 +319,38 @@ mod tests {
         d[1] = 0;
         assert!(Frame::parse(&d).is_some());
         assert_eq!(Frame::parse(&[0u8; MAX_FRAME + 1]), None);
+    }
+
+    #[test]
+    fn packed_frames_pinned_and_checked() {
+        let ack = [1, 1, 0, 1, 0, 0, 0, 255, 255, 255, 255];
+        let reset = [2, 2, 0, 9, 0, 0, 0];
+        let mut packed = vec![PACKED, 11, 0];
+        packed.extend_from_slice(&ack);
+        packed.extend_from_slice(&[7, 0]);
+        packed.extend_from_slice(&reset);
+        let frames: Vec<_> = unpack(&packed).unwrap().collect();
+        assert_eq!(frames, [Ok(&ack[..]), Ok(&reset[..])]);
+
+        // Not packed, empty, too long.
+        assert!(unpack(&ack).is_none());
+        assert!(unpack(&[PACKED]).is_none());
+        assert!(unpack(&[PACKED; MAX_FRAME + 1]).is_none());
+        // A length past the end, a zero length, a nested packed frame, a
+        // lone length byte: each stops the walk with an error.
+        for bad in [
+            &[PACKED, 12, 0, 1, 1, 0, 1, 0, 0, 0, 255, 255, 255, 255][..],
+            &[PACKED, 0, 0],
+            &[PACKED, 2, 0, PACKED, 0],
+            &[PACKED, 1],
+        ] {
+            let frames: Vec<_> = unpack(bad).unwrap().collect();
+            assert_eq!(frames, [Err(())], "{bad:?}");
+        }
+        // Frames before a malformed one are still handed out.
+        let mut tail = packed.clone();
+        tail.push(9);
+        let frames: Vec<_> = unpack(&tail).unwrap().collect();
+        assert_eq!(frames, [Ok(&ack[..]), Ok(&reset[..]), Err(())]);
     }
 }

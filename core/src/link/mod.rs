@@ -54,6 +54,7 @@ mod rtt;
 pub mod run;
 
 pub use frame::{FRAGMENT, Frame, MAX_FRAGMENTS, MAX_FRAME};
+use frame::{PACK_MAX, PACKED_HEADER, PACKED_PREFIX};
 pub use rtt::RttEstimator;
 
 use frame::Ack;
@@ -242,7 +243,6 @@ pub struct LinkStats {
 
 #[derive(Clone, Copy, Debug)]
 struct TxSlot {
-    peer: NodeId,
     msg: MessageId,
     seq: u32,
     index: u16,
@@ -501,7 +501,6 @@ impl<const P: usize, const S: usize> Link<P, S> {
             let chunk = chunks.next().unwrap_or(&[]);
             self.tx_data[i][..chunk.len()].copy_from_slice(chunk);
             self.tx[i] = Some(TxSlot {
-                peer,
                 msg: id,
                 seq: first.wrapping_add(index as u32),
                 index: index as u16,
@@ -546,8 +545,26 @@ impl<const P: usize, const S: usize> Link<P, S> {
 
     // ---- inputs ----
 
-    /// A link frame from `peer`, whose authenticated header carried `peer_epoch`.
+    /// A link frame from `peer`, whose authenticated header carried
+    /// `peer_epoch`. A packed frame's frames are taken in order, up to the
+    /// first malformed one.
     pub fn handle_frame(
+        &mut self,
+        now: Instant,
+        peer: NodeId,
+        peer_epoch: u64,
+        frame: &[u8],
+    ) -> Result<(), FrameError> {
+        match frame::unpack(frame) {
+            Some(mut frames) => frames.try_for_each(|f| {
+                let f = f.map_err(|()| FrameError)?;
+                self.handle_one(now, peer, peer_epoch, f)
+            }),
+            None => self.handle_one(now, peer, peer_epoch, frame),
+        }
+    }
+
+    fn handle_one(
         &mut self,
         now: Instant,
         peer: NodeId,
@@ -615,7 +632,44 @@ impl<const P: usize, const S: usize> Link<P, S> {
     // ---- outputs ----
 
     /// The next frame to send: written to `buf`, returns the peer and length.
+    ///
+    /// Small frames (a burst of requests, replies or acks) to one peer go
+    /// out together as one packed frame when `buf` has room.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<(NodeId, usize)> {
+        let (peer, first) = self.poll_frame(now, buf)?;
+        let p = match self.peers.iter().position(|pe| pe.id == peer) {
+            Some(p) if first <= PACK_MAX => p,
+            _ => return Some((peer, first)),
+        };
+        // Packed: the kind, then each frame after its length. Later frames
+        // are written where they belong; the first moves into place once a
+        // second one comes.
+        let mut end = PACKED_HEADER + PACKED_PREFIX + first;
+        let mut count = 1;
+        loop {
+            let start = end + PACKED_PREFIX;
+            let limit = buf.len().min(start + PACK_MAX);
+            let Some(n) = buf
+                .get_mut(start..limit)
+                .and_then(|b| self.poll_frame_to(now, p, b))
+            else {
+                break;
+            };
+            if count == 1 {
+                buf.copy_within(..first, PACKED_HEADER + PACKED_PREFIX);
+                buf[0] = frame::PACKED;
+                buf[PACKED_HEADER..PACKED_HEADER + PACKED_PREFIX]
+                    .copy_from_slice(&(first as u16).to_le_bytes());
+            }
+            buf[end..start].copy_from_slice(&(n as u16).to_le_bytes());
+            end = start + n;
+            count += 1;
+        }
+        Some((peer, if count == 1 { first } else { end }))
+    }
+
+    /// One frame: a reset, else data, else an ack, to whichever peer.
+    fn poll_frame(&mut self, now: Instant, buf: &mut [u8]) -> Option<(NodeId, usize)> {
         if let Some(r) = self.poll_reset(buf) {
             return Some(r);
         }
@@ -623,6 +677,21 @@ impl<const P: usize, const S: usize> Link<P, S> {
             return Some(r);
         }
         self.poll_ack(now, buf)
+    }
+
+    /// One frame to peer `p` that fits `buf`, in the same order; `None`,
+    /// changing nothing, when there is none or it does not fit.
+    fn poll_frame_to(&mut self, now: Instant, p: usize, buf: &mut [u8]) -> Option<usize> {
+        if let Some(&(stream, seq)) = self.peers[p].resets.last() {
+            let n = Frame::Reset { stream, seq }.emit(buf)?;
+            self.peers[p].resets.pop();
+            return Some(n);
+        }
+        if let Some((i, more)) = self.next_fragment_of(now, p) {
+            // Data that does not fit goes next, not an ack before it.
+            return self.emit_data(now, p, i, more, buf);
+        }
+        self.emit_ack(now, p, buf)
     }
 
     /// When [`Link::handle_timeout`] or [`Link::poll_transmit`] next has work.
@@ -1010,6 +1079,20 @@ impl<const P: usize, const S: usize> Link<P, S> {
 
     fn poll_data(&mut self, now: Instant, buf: &mut [u8]) -> Option<(NodeId, usize)> {
         let (p, i, more) = self.next_fragment(now)?;
+        let n = self.emit_data(now, p, i, more, buf)?;
+        Some((self.peers[p].id, n))
+    }
+
+    /// Writes fragment slot `i` to peer `p` into `buf` and marks it sent;
+    /// `None`, changing nothing, when it does not fit.
+    fn emit_data(
+        &mut self,
+        now: Instant,
+        p: usize,
+        i: usize,
+        more: bool,
+        buf: &mut [u8],
+    ) -> Option<usize> {
         let t = self.tx[i]?;
         let frame = Frame::Data {
             opening: self.peers[p].opening,
@@ -1044,7 +1127,7 @@ impl<const P: usize, const S: usize> Link<P, S> {
         pe.ack_now = false;
         pe.ack_due = None;
         pe.rx_since_ack = 0;
-        Some((t.peer, n))
+        Some(n)
     }
 
     /// The fragment to send next: a due retransmission (earliest deadline
@@ -1052,17 +1135,12 @@ impl<const P: usize, const S: usize> Link<P, S> {
     /// peers taken in turn. Returns (peer index, slot, whether another new
     /// fragment to that peer could follow it now).
     fn next_fragment(&mut self, now: Instant) -> Option<(usize, usize, bool)> {
-        let max = self.config.max_retransmits;
         let mut due: Option<(usize, usize, Instant)> = None;
-        for (p, pe) in self.peers.iter().enumerate() {
-            for &i in pe.tx.iter() {
-                let Some(t) = self.tx.get(usize::from(i)).and_then(Option::as_ref) else {
-                    continue;
-                };
-                let ready = !t.acked && t.sent_at.is_some() && t.deadline <= now;
-                if ready && t.retransmits < max && due.is_none_or(|(_, _, d)| t.deadline < d) {
-                    due = Some((p, usize::from(i), t.deadline));
-                }
+        for p in 0..self.peers.len() {
+            if let Some((i, deadline)) = self.due_of(now, p)
+                && due.is_none_or(|(_, _, d)| deadline < d)
+            {
+                due = Some((p, i, deadline));
             }
         }
         if let Some((p, i, _)) = due {
@@ -1071,56 +1149,99 @@ impl<const P: usize, const S: usize> Link<P, S> {
         let n = self.peers.len();
         for k in 0..n {
             let p = (self.turn + k) % n;
-            let pe = &self.peers[p];
-            let window = usize::from(pe.window);
-            let mut in_flight = 0;
-            let mut base = None;
-            let mut first_unsent = None;
-            let mut second_unsent = None;
-            for &i in pe.tx.iter() {
-                let Some(t) = self.tx.get(usize::from(i)).and_then(Option::as_ref) else {
-                    continue;
-                };
-                if t.acked {
-                    continue;
-                }
-                base.get_or_insert(t.seq);
-                if t.sent_at.is_some() {
-                    in_flight += 1;
-                } else if first_unsent.is_none() {
-                    first_unsent = Some((usize::from(i), t.seq));
-                } else if second_unsent.is_none() {
-                    second_unsent = Some(t.seq);
-                }
-            }
-            if let (Some((i, seq)), Some(base)) = (first_unsent, base)
-                && in_flight < window
-                && seq.wrapping_sub(base) < SPAN
-            {
+            if let Some((i, more)) = self.unsent_of(p) {
                 self.turn = (p + 1) % n;
-                let more = second_unsent
-                    .is_some_and(|s| in_flight + 1 < window && s.wrapping_sub(base) < SPAN);
                 return Some((p, i, more));
             }
         }
         None
     }
 
+    /// [`Link::next_fragment`] for peer `p` alone.
+    fn next_fragment_of(&self, now: Instant, p: usize) -> Option<(usize, bool)> {
+        match self.due_of(now, p) {
+            Some((i, _)) => Some((i, false)),
+            None => self.unsent_of(p),
+        }
+    }
+
+    /// Peer `p`'s retransmission due soonest, if one is due: its slot and
+    /// deadline.
+    fn due_of(&self, now: Instant, p: usize) -> Option<(usize, Instant)> {
+        let max = self.config.max_retransmits;
+        let mut due: Option<(usize, Instant)> = None;
+        for &i in self.peers[p].tx.iter() {
+            let Some(t) = self.tx.get(usize::from(i)).and_then(Option::as_ref) else {
+                continue;
+            };
+            let ready = !t.acked && t.sent_at.is_some() && t.deadline <= now;
+            if ready && t.retransmits < max && due.is_none_or(|(_, d)| t.deadline < d) {
+                due = Some((usize::from(i), t.deadline));
+            }
+        }
+        due
+    }
+
+    /// Peer `p`'s first unsent fragment, if its window has room: its slot,
+    /// and whether another could follow it now.
+    fn unsent_of(&self, p: usize) -> Option<(usize, bool)> {
+        let pe = &self.peers[p];
+        let window = usize::from(pe.window);
+        let mut in_flight = 0;
+        let mut base = None;
+        let mut first_unsent = None;
+        let mut second_unsent = None;
+        for &i in pe.tx.iter() {
+            let Some(t) = self.tx.get(usize::from(i)).and_then(Option::as_ref) else {
+                continue;
+            };
+            if t.acked {
+                continue;
+            }
+            base.get_or_insert(t.seq);
+            if t.sent_at.is_some() {
+                in_flight += 1;
+            } else if first_unsent.is_none() {
+                first_unsent = Some((usize::from(i), t.seq));
+            } else if second_unsent.is_none() {
+                second_unsent = Some(t.seq);
+            }
+        }
+        let (i, seq) = first_unsent?;
+        let base = base?;
+        if in_flight >= window || seq.wrapping_sub(base) >= SPAN {
+            return None;
+        }
+        let more =
+            second_unsent.is_some_and(|s| in_flight + 1 < window && s.wrapping_sub(base) < SPAN);
+        Some((i, more))
+    }
+
     fn poll_ack(&mut self, now: Instant, buf: &mut [u8]) -> Option<(NodeId, usize)> {
-        for pe in self.peers.iter_mut() {
-            let due = pe.ack_now || pe.ack_due.is_some_and(|d| d <= now);
-            if let (true, true, Some(ack)) = (pe.ack_pending, due, pe.ack()) {
-                let n = Frame::Ack(ack).emit(buf)?;
-                pe.ack_pending = false;
-                pe.ack_now = false;
-                pe.ack_due = None;
-                pe.rx_since_ack = 0;
-                self.stats.acks_sent += 1;
-                return Some((pe.id, n));
+        for p in 0..self.peers.len() {
+            if let Some(n) = self.emit_ack(now, p, buf) {
+                return Some((self.peers[p].id, n));
             }
-            if !pe.ack_pending {
-                pe.ack_due = None;
-            }
+        }
+        None
+    }
+
+    /// Writes peer `p`'s ack into `buf` if one is due; `None`, changing
+    /// nothing but a stale timer, when none is or it does not fit.
+    fn emit_ack(&mut self, now: Instant, p: usize, buf: &mut [u8]) -> Option<usize> {
+        let pe = &mut self.peers[p];
+        let due = pe.ack_now || pe.ack_due.is_some_and(|d| d <= now);
+        if let (true, true, Some(ack)) = (pe.ack_pending, due, pe.ack()) {
+            let n = Frame::Ack(ack).emit(buf)?;
+            pe.ack_pending = false;
+            pe.ack_now = false;
+            pe.ack_due = None;
+            pe.rx_since_ack = 0;
+            self.stats.acks_sent += 1;
+            return Some(n);
+        }
+        if !pe.ack_pending {
+            pe.ack_due = None;
         }
         None
     }

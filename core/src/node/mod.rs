@@ -383,7 +383,9 @@ impl<
 
     /// The bytes that came with the last [`Event::Response`] (a chunk, a
     /// record's value, a page of entries); valid until the next input or
-    /// command.
+    /// command. A client delivers at most one response per input, so
+    /// draining [`Node::poll_event`] after each input sees every
+    /// response's bytes.
     pub fn response_data(&self) -> &[u8] {
         &self.inbox[..self.inbox_len]
     }
@@ -625,7 +627,19 @@ impl<
         if let Some(since) = e.stalled {
             earliest(since + HOLD);
         }
+        if self.has_undelivered() {
+            earliest(Instant::ZERO);
+        }
         t
+    }
+
+    /// Whether a client holds messages already received but not yet
+    /// delivered (it delivers one per input, see [`Node::response_data`]):
+    /// [`Node::handle_timeout`] delivers the next, and
+    /// [`Node::poll_timeout`] says it is due.
+    pub fn has_undelivered(&self) -> bool {
+        let e = &self.engine;
+        matches!(e.role, Role::Client { .. }) && e.link.peek_received().is_some()
     }
 
     /// The next event.
@@ -828,11 +842,19 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
     /// Processes what the inputs produced inside the node: delivered link
     /// messages, link and member events.
     fn drain_internal(&mut self, now: Instant, scratch: &mut [u8], spare: &mut Spare<'_>) {
+        let client = matches!(self.role, Role::Client { .. });
+        let mut delivered = false;
         loop {
             let Some(first) = self.link.peek_received() else {
                 self.stalled = None;
                 break;
             };
+            // A client keeps the bytes of one response at a time
+            // (`response_data`), and one datagram may complete several:
+            // the others wait in the link for the next input.
+            if client && delivered {
+                break;
+            }
             let request = Prefix::parse(first).is_some_and(|p| p.kind == EnvelopeKind::Request);
             if request && !self.room_to_answer(now) {
                 break;
@@ -841,6 +863,7 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
                 break;
             };
             self.on_message(now, peer, scratch, len, spare);
+            delivered = true;
         }
         while let Some(e) = self.link.poll_event() {
             if let LinkEvent::Failed { id, .. } = e {

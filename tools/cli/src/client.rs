@@ -297,10 +297,10 @@ impl<T> Requests<T> {
         while let Some(event) = client.node.poll_event() {
             events.push(event);
         }
-        // The node keeps the bytes of its latest response only. One input
-        // completes at most one message, so a drain holds at most one
-        // response; should it hold more, the bytes of all but the last are
-        // gone, and those that carry bytes are asked again.
+        // The node keeps the bytes of its latest response only. It delivers
+        // at most one per input, so a drain holds at most one response;
+        // should it hold more, the bytes of all but the last are gone, and
+        // those that carry bytes are asked again.
         let last = events
             .iter()
             .rposition(|e| matches!(e, Event::Response { .. }));
@@ -647,6 +647,13 @@ impl Client {
     /// Waits for one datagram or the node's next timer (at most until
     /// `deadline`) and feeds it to the node.
     fn wait(&mut self, deadline: StdInstant) -> Result<(), ClientError> {
+        // Responses a datagram completed beyond the one it delivered come
+        // before the next datagram.
+        if self.node.has_undelivered() {
+            let now = self.now();
+            self.node.handle_timeout(now);
+            return Ok(());
+        }
         if let Some((mut datagram, len)) = self.received.pop_front() {
             let now = self.now();
             let contact = self.contact;
