@@ -15,4 +15,9 @@ fuzz_target!(|data: &[u8]| {
         let _ = shoal_core::node::decode_response(&data[PREFIX_LEN..]);
     }
     let _ = shoal_core::link::frame::Frame::parse(data);
+    if let Some(frames) = shoal_core::link::frame::unpack(data) {
+        for frame in frames.flatten() {
+            let _ = shoal_core::link::frame::Frame::parse(frame);
+        }
+    }
 });

@@ -273,6 +273,9 @@ struct Engine<
     expand_at: Option<Instant>,
     /// Since when a received request has waited for transmit room.
     stalled: Option<Instant>,
+    /// A client delivered a message since the last input (it delivers one
+    /// per input: see [`Node::response_data`]).
+    delivered: bool,
 }
 
 impl<
@@ -343,6 +346,7 @@ impl<
                 // Index chunks queued before a restart are expanded again.
                 expand_at: Some(now),
                 stalled: None,
+                delivered: false,
             },
         }
     }
@@ -553,6 +557,7 @@ impl<
     pub fn handle_datagram(&mut self, now: Instant, src: SocketAddr, data: &mut [u8]) {
         let (scratch, mut spare, engine) = self.parts();
         *spare.inbox_len = 0;
+        engine.delivered = false;
         engine.stats.datagrams_in += 1;
         engine.stats.bytes_in += data.len() as u64;
         if let Err(reason) = engine.receive(now, src, data) {
@@ -565,6 +570,7 @@ impl<
     pub fn handle_timeout(&mut self, now: Instant) {
         let (scratch, mut spare, engine) = self.parts();
         *spare.inbox_len = 0;
+        engine.delivered = false;
         if engine.role == Role::Member {
             engine.member.handle_timeout(now);
         }
@@ -843,7 +849,6 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
     /// messages, link and member events.
     fn drain_internal(&mut self, now: Instant, scratch: &mut [u8], spare: &mut Spare<'_>) {
         let client = matches!(self.role, Role::Client { .. });
-        let mut delivered = false;
         loop {
             let Some(first) = self.link.peek_received() else {
                 self.stalled = None;
@@ -851,8 +856,9 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
             };
             // A client keeps the bytes of one response at a time
             // (`response_data`), and one datagram may complete several:
-            // the others wait in the link for the next input.
-            if client && delivered {
+            // the others wait in the link for the next input (a command
+            // between the two delivers none).
+            if client && self.delivered {
                 break;
             }
             let request = Prefix::parse(first).is_some_and(|p| p.kind == EnvelopeKind::Request);
@@ -863,7 +869,7 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
                 break;
             };
             self.on_message(now, peer, scratch, len, spare);
-            delivered = true;
+            self.delivered = client;
         }
         while let Some(e) = self.link.poll_event() {
             if let LinkEvent::Failed { id, .. } = e {
