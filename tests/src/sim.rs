@@ -350,11 +350,19 @@ impl World {
         }
         let m = &mut self.machines[i];
         if let Some(node) = m.node.as_mut() {
+            let mut responses = 0;
             while let Some(e) = node.poll_event() {
-                if let Event::Response { op, .. } = &e
-                    && !node.response_data().is_empty()
-                {
-                    m.data.push((*op, node.response_data().to_vec()));
+                if let Event::Response { op, .. } = &e {
+                    responses += 1;
+                    // A client delivers one response per input, so the
+                    // bytes taken here are that response's own.
+                    assert!(
+                        responses == 1 || node.contact().is_none(),
+                        "a client delivered {responses} responses in one input"
+                    );
+                    if !node.response_data().is_empty() {
+                        m.data.push((*op, node.response_data().to_vec()));
+                    }
                 }
                 m.events.push((now, e));
             }
