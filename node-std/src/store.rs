@@ -11,10 +11,10 @@
 //! them, then writes the rest into one redb transaction and commits it with
 //! redb's `Immediate` durability (synced before the commit returns), while
 //! the node goes on. A batch costs one sync of redb, plus one per log
-//! segment it appended to. A committed write survives `kill -9` and power loss; one not yet committed
-//! may be lost, which is why the node acknowledges a write only after the
-//! commit that covers it ([`Storage::flush_poll`]). Closing or dropping the
-//! store flushes too.
+//! segment it appended to. A committed write survives `kill -9` and power
+//! loss; one not yet committed may be lost, which is why the node
+//! acknowledges a write only after the commit that covers it
+//! ([`Storage::flush_poll`]). Closing or dropping the store flushes too.
 //!
 //! redb locks the file while it is open: a second process on the same data
 //! dir gets [`OpenError::Locked`].

@@ -304,7 +304,9 @@ impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize
             } => self.record_list(now, from, req, prefix, after, replica, spare),
             Request::ChunkStore { id, data } => {
                 // This node's own coordinator asks only with an id it has
-                // just computed from these bytes (`chunk_write`).
+                // just computed from these bytes (`chunk_write`); a datagram
+                // claiming this node as its sender never gets here
+                // (`Engine::receive` drops it).
                 if from != self.id && !id.verifies(data) {
                     return self.reply_error(now, from, req, RemoteError::Corrupt, spare);
                 }

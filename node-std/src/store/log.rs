@@ -3,9 +3,10 @@
 //!
 //! A chunk is written once, sequentially, into the active segment
 //! `DIR/chunks/NNNNNNNN.log`; redb holds only its [`Loc`] (16 bytes, and a
-//! tag, under the chunk's key; chunks under 2 KiB stay in redb whole). Inserting 2 KiB values under random keys straight into
-//! redb's B-tree rewrote about five 4 KiB pages per chunk at every commit;
-//! an append writes each byte about once.
+//! tag, under the chunk's key; chunks under 2 KiB stay in redb whole).
+//! Inserting 2 KiB values under random keys straight into redb's B-tree
+//! rewrote about five 4 KiB pages per chunk at every commit; an append
+//! writes each byte about once.
 //!
 //! **Order of writes.** A commit first writes the batch's appends and syncs
 //! each segment it touched ([`Appends::write_and_sync`]), then commits the
