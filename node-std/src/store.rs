@@ -10,11 +10,14 @@
 //! committer thread, which appends the batch's chunks to the log and syncs
 //! them, then writes the rest into one redb transaction and commits it with
 //! redb's `Immediate` durability (synced before the commit returns), while
-//! the node goes on. A batch costs one sync of redb, plus one per log
-//! segment it appended to. A committed write survives `kill -9` and power
-//! loss; one not yet committed may be lost, which is why the node
-//! acknowledges a write only after the commit that covers it
-//! ([`Storage::flush_poll`]). Closing or dropping the store flushes too.
+//! the node goes on. A batch of chunk appends only commits no transaction:
+//! the log is the index's journal, and the index entries wait in memory
+//! for the next transaction (see [`log`]). A batch costs one sync per log
+//! segment it appended to, plus one of redb if it commits a transaction. A
+//! committed write survives `kill -9` and power loss; one not yet committed
+//! may be lost, which is why the node acknowledges a write only after the
+//! commit that covers it ([`Storage::flush_poll`]). Closing or dropping the
+//! store flushes too.
 //!
 //! redb locks the file while it is open: a second process on the same data
 //! dir gets [`OpenError::Locked`].
@@ -34,7 +37,7 @@ use redb::{
 };
 use shoal_core::store::{FlushBegun, Space, Storage, StoreError, Usage};
 
-use log::{Appends, ChunkLog, LiveChange, Loc};
+use log::{Appends, ChunkLog, LiveChange, Loc, Position};
 
 /// The database file inside the data dir.
 pub const FILE_NAME: &str = "shoal.redb";
@@ -51,6 +54,16 @@ fn table(space: Space) -> TableDefinition<'static, Bytes, Bytes> {
         other => other.name(),
     })
 }
+
+/// Where the chunk log's replay starts: the position up to which the
+/// `chunk_index` table names every record (under [`INDEXED_TO`]).
+const CHUNK_LOG: TableDefinition<'static, &'static str, Bytes> = TableDefinition::new("chunk_log");
+const INDEXED_TO: &str = "indexed-to";
+
+/// Most chunk index entries kept in memory only (their records are in the
+/// log, synced) before a batch commits them to redb anyway: about 6 MiB of
+/// memory, and 128 MiB of 2 KiB chunks to replay after a crash.
+const CHECKPOINT_ENTRIES: usize = 1 << 16;
 
 /// Chunks smaller than this stay in the index itself rather than the log:
 /// two or more fit a 4 KiB B-tree page, and a commit of only such chunks
@@ -92,13 +105,24 @@ impl<'a> ChunkEntry<'a> {
     }
 }
 
+/// Whether a chunk stays in the index itself: when small, or when its key
+/// is too long for a log record.
+fn goes_inline(key: &[u8], value: &[u8]) -> bool {
+    value.len() < INLINE_BELOW || key.len() > usize::from(u8::MAX)
+}
+
 /// The index entry for `value`: inline when small, else appended to `log`
 /// (in `appends`).
-fn chunk_entry(log: &mut ChunkLog, appends: &mut Appends, value: &[u8]) -> io::Result<Vec<u8>> {
-    if value.len() < INLINE_BELOW {
+fn chunk_entry(
+    log: &mut ChunkLog,
+    appends: &mut Appends,
+    key: &[u8],
+    value: &[u8],
+) -> io::Result<Vec<u8>> {
+    if goes_inline(key, value) {
         return Ok(ChunkEntry::Inline(value).encode());
     }
-    Ok(ChunkEntry::Log(log.append(appends, value)?).encode())
+    Ok(ChunkEntry::Log(log.append(appends, key, value)?).encode())
 }
 
 /// Where stores before the chunk log kept chunk bytes; moved into the log
@@ -169,6 +193,10 @@ impl OpenError {
 /// (`None`: removed).
 type Layer = [BTreeMap<Vec<u8>, Option<Vec<u8>>>; 3];
 
+/// Chunk index entries whose records are durable in the log but not yet in
+/// redb, by key.
+type Unindexed = BTreeMap<Vec<u8>, Loc>;
+
 /// Per space, its table in the newest committed snapshot, once read.
 type Snapshot = [Option<ReadOnlyTable<Bytes, Bytes>>; 3];
 
@@ -217,6 +245,20 @@ pub struct DiskStore {
     usage: Usage,
     /// Most bytes of chunks and records it takes, if limited.
     quota: Option<u64>,
+    /// Chunks committed to the log whose index entries are not yet in
+    /// redb: reads look here before the database.
+    unindexed: Unindexed,
+    /// Most entries `unindexed` holds before a batch commits them.
+    checkpoint_entries: usize,
+    /// The next batch must commit a transaction: after a lost batch (the
+    /// log may hold a torn record, which would end a replay early), or when
+    /// the store closes.
+    must_checkpoint: bool,
+    /// Chunks in `pending` that replaced an earlier committed version,
+    /// whose location the batch frees.
+    replaced: std::collections::BTreeSet<Vec<u8>>,
+    /// `pending` holds compaction's rewrites, which commit a transaction.
+    compaction_pending: bool,
 }
 
 /// A batch handed to the committer.
@@ -225,11 +267,17 @@ struct Inflight {
     layer: Layer,
     /// What it changes in the chunk log's live bytes, once committed.
     change: LiveChange,
+    /// For a batch of appends only (no transaction), the index entries its
+    /// commit makes durable; `None` for a batch with a transaction.
+    appended: Option<Appended>,
 }
 
+/// Index entries of chunks a batch appends to the log.
+type Appended = Vec<(Vec<u8>, Loc)>;
+
 /// What the committer is given: the chunk bytes to write and sync, then
-/// the transaction to commit.
-type Job = (u64, Appends, WriteTransaction);
+/// the transaction to commit, if any.
+type Job = (u64, Appends, Option<WriteTransaction>);
 
 /// Called by the committer thread when a commit ends.
 type Waker = Arc<Mutex<Option<Box<dyn Fn() + Send>>>>;
@@ -279,10 +327,12 @@ impl Committer {
 }
 
 /// Writes and syncs the chunk bytes, then commits the index that names
-/// them (never the other way round: see [`log`]).
-fn commit(appends: &Appends, txn: WriteTransaction) -> Result<(), redb::Error> {
+/// them, if any (never the other way round: see [`log`]).
+fn commit(appends: &Appends, txn: Option<WriteTransaction>) -> Result<(), redb::Error> {
     appends.write_and_sync()?;
-    txn.commit()?;
+    if let Some(txn) = txn {
+        txn.commit()?;
+    }
     Ok(())
 }
 
@@ -315,6 +365,11 @@ impl DiskStore {
             db: Some(db),
             usage,
             quota: None,
+            unindexed: Unindexed::new(),
+            checkpoint_entries: CHECKPOINT_ENTRIES,
+            must_checkpoint: false,
+            replaced: Default::default(),
+            compaction_pending: false,
         })
     }
 
@@ -341,15 +396,57 @@ impl DiskStore {
     }
 
     /// Creates every table, so reads never meet a missing one, moves the
-    /// chunks of an older store into the log, and totals what they hold.
+    /// chunks of an older store into the log, indexes the log's records a
+    /// crash left unindexed, and totals what the store holds.
     fn prepare(db: &Database, log: &mut ChunkLog) -> Result<Usage, redb::Error> {
         let txn = db.begin_write()?;
         for space in Space::ALL {
             txn.open_table(table(space))?;
         }
+        txn.open_table(CHUNK_LOG)?;
         txn.commit()?;
         Self::migrate(db, log)?;
-        Self::measure(db, log)
+        Self::recover(db, log)?;
+        Self::measure(db, log, &Unindexed::new())
+    }
+
+    /// Indexes every chunk record after the position the index covers (a
+    /// batch of appends only, committed before a crash), then moves that
+    /// position to the end of the log, past any torn record, so later
+    /// appends are never behind one.
+    fn recover(db: &Database, log: &ChunkLog) -> Result<(), redb::Error> {
+        let txn = db.begin_write()?;
+        {
+            let mut marks = txn.open_table(CHUNK_LOG)?;
+            let from = match marks.get(INDEXED_TO)? {
+                Some(v) => Position::decode(v.value()).ok_or_else(|| {
+                    redb::Error::Corrupted("the chunk log's indexed position is malformed".into())
+                })?,
+                // A store from before the log was a journal: its index
+                // names everything it committed.
+                None => log.end(),
+            };
+            let mut index = txn.open_table(table(Space::Chunks))?;
+            let mut inserted = Ok(0usize);
+            log.replay(from, |key, loc| {
+                if let Ok(n) = &mut inserted {
+                    match index.insert(key, ChunkEntry::Log(loc).encode().as_slice()) {
+                        Ok(_) => *n += 1,
+                        Err(e) => inserted = Err(e),
+                    }
+                }
+            })?;
+            let replayed = inserted?;
+            if replayed > 0 {
+                tracing::info!(
+                    chunks = replayed,
+                    "indexed chunks the log held past its last index commit"
+                );
+            }
+            marks.insert(INDEXED_TO, log.end().encode().as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
     }
 
     /// Moves chunk bytes kept in redb itself (stores written before the
@@ -367,19 +464,23 @@ impl DiskStore {
             let mut index = txn.open_table(table(Space::Chunks))?;
             for entry in legacy.iter()? {
                 let (key, value) = entry?;
-                let entry = chunk_entry(log, &mut appends, value.value())?;
+                let entry = chunk_entry(log, &mut appends, key.value(), value.value())?;
                 index.insert(key.value(), entry.as_slice())?;
             }
         }
         txn.delete_table(LEGACY_CHUNKS)?;
         drop(legacy);
         drop(read);
-        commit(&appends, txn)
+        commit(&appends, Some(txn))
     }
 
-    /// Totals what the committed tables hold, and counts the chunk bytes
-    /// each log segment holds for the index.
-    fn measure(db: &Database, log: &mut ChunkLog) -> Result<Usage, redb::Error> {
+    /// Totals what the committed tables and `unindexed` hold, and counts
+    /// the chunk bytes each log segment holds for the index.
+    fn measure(
+        db: &Database,
+        log: &mut ChunkLog,
+        unindexed: &Unindexed,
+    ) -> Result<Usage, redb::Error> {
         let txn = db.begin_read()?;
         let mut usage = Usage::default();
         for space in [Space::Local, Space::Records] {
@@ -391,12 +492,20 @@ impl DiskStore {
         let index = txn.open_table(table(Space::Chunks))?;
         for entry in index.iter()? {
             let (key, value) = entry?;
+            if unindexed.contains_key(key.value()) {
+                continue; // replaced by a newer record, counted below
+            }
             let entry = ChunkEntry::decode(value.value())
                 .ok_or_else(|| redb::Error::Corrupted("a chunk index entry is malformed".into()))?;
             if let ChunkEntry::Log(loc) = entry {
                 log.count_live(loc);
             }
             usage.bytes += (key.value().len() + entry.len()) as u64;
+            usage.entries += 1;
+        }
+        for (key, &loc) in unindexed {
+            log.count_live(loc);
+            usage.bytes += (key.len() + loc.len as usize) as u64;
             usage.entries += 1;
         }
         Ok(usage)
@@ -408,9 +517,11 @@ impl DiskStore {
         self.log.disk_bytes()
     }
 
-    /// Flushes, then closes the database cleanly (the next open skips
-    /// recovery). A failed flush is reported after the close.
+    /// Flushes, indexing every chunk in redb, then closes the database
+    /// cleanly (the next open has nothing to recover). A failed flush is
+    /// reported after the close.
     pub fn close(mut self) -> Result<(), StoreError> {
+        self.must_checkpoint = true;
         let flushed = self.flush();
         self.committer.stop();
         self.snapshot.take();
@@ -455,6 +566,11 @@ impl DiskStore {
         key: &[u8],
         f: impl FnOnce(Option<&[u8]>) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
+        if space == Space::Chunks
+            && let Some(&loc) = self.unindexed.get(key)
+        {
+            return f(Some(&ChunkEntry::Log(loc).encode()));
+        }
         self.with_snapshot(space, |t| {
             let value = t.get(key).map_err(store_error)?;
             f(value.as_ref().map(|v| v.value()))
@@ -496,9 +612,6 @@ impl DiskStore {
     /// success, deletes the log segments no chunk lives in any more and
     /// starts compacting the sparse ones.
     fn ended(&mut self, ticket: u64, result: Result<(), redb::Error>) -> Result<(), StoreError> {
-        // Reads must see what this commit made durable, as the batch they
-        // looked through goes.
-        self.snapshot.take();
         let batch = self.inflight.take();
         debug_assert!(
             batch
@@ -509,6 +622,24 @@ impl DiskStore {
             return Err(self.lose(e));
         }
         if let Some(batch) = batch {
+            // Reads must see what this commit made durable, as the batch
+            // they looked through goes.
+            if batch
+                .layer
+                .iter()
+                .enumerate()
+                .any(|(i, l)| i != Space::Chunks as usize && !l.is_empty())
+            {
+                self.snapshot.take();
+            }
+            match batch.appended {
+                Some(entries) => self.unindexed.extend(entries),
+                None => {
+                    self.snapshot.take();
+                    self.unindexed.clear();
+                    self.must_checkpoint = false;
+                }
+            }
             self.log.committed(&batch.change);
         }
         // Neither failure loses a write: a segment left behind is deleted
@@ -527,6 +658,10 @@ impl DiskStore {
     /// writes of the same values: the next commit moves them to the active
     /// segment, after which the old segments hold nothing and are deleted.
     fn compact(&mut self) -> Result<(), StoreError> {
+        // Only once every live chunk's entry is in redb, where it looks.
+        if !self.unindexed.is_empty() {
+            return Ok(());
+        }
         let picked = self.log.pick_for_compaction();
         if picked.is_empty() {
             return Ok(());
@@ -553,6 +688,7 @@ impl DiskStore {
         for (key, bytes) in moved {
             layer.insert(key, Some(bytes));
         }
+        self.compaction_pending = true;
         Ok(())
     }
 
@@ -563,9 +699,16 @@ impl DiskStore {
         let poisoned = matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo);
         let mapped = store_error(e);
         self.inflight = None;
+        // The log may now hold a torn record, or a gap where a lost batch's
+        // appends were placed: later appends must not sit behind it, where
+        // a replay stops, so the next batch records the log's end as
+        // indexed.
+        self.must_checkpoint = true;
         self.snapshot.take();
         // The rewrites of compacting segments were lost with the batch.
         self.log.compaction_failed();
+        self.compaction_pending = false;
+        self.replaced.clear();
         if self.pending.iter().any(|l| !l.is_empty()) {
             self.pending = Layer::default();
             self.lost.get_or_insert(mapped);
@@ -573,7 +716,7 @@ impl DiskStore {
         if poisoned {
             self.reopen();
         } else if let Some(db) = &self.db
-            && let Ok(usage) = Self::measure(db, &mut self.log)
+            && let Ok(usage) = Self::measure(db, &mut self.log, &self.unindexed)
         {
             self.usage = usage;
         }
@@ -587,7 +730,7 @@ impl DiskStore {
         self.db = None;
         match Self::open_file(&self.path) {
             Ok(db) => {
-                if let Ok(usage) = Self::measure(&db, &mut self.log) {
+                if let Ok(usage) = Self::measure(&db, &mut self.log, &self.unindexed) {
                     self.usage = usage;
                 }
                 self.db = Some(db);
@@ -598,9 +741,68 @@ impl DiskStore {
         }
     }
 
-    /// Writes the batch into a fresh write transaction, and its chunks'
-    /// bytes into log appends, for the committer.
-    fn prepare_batch(&mut self) -> Result<(WriteTransaction, Appends, LiveChange), redb::Error> {
+    /// Whether the batch in `pending` must write every chunk index entry
+    /// into redb (a checkpoint), rather than append its chunks to the log
+    /// and keep their entries in memory: when it removes a chunk or keeps
+    /// one inline (both in redb, which a replay must not undo), rewrites
+    /// chunks for compaction, or would pass the entries kept in memory.
+    fn needs_checkpoint(&self) -> bool {
+        let chunks = &self.pending[Space::Chunks as usize];
+        self.must_checkpoint
+            || self.compaction_pending
+            || self.unindexed.len() + chunks.len() > self.checkpoint_entries
+            || chunks
+                .iter()
+                .any(|(key, value)| value.as_ref().is_none_or(|v| goes_inline(key, v)))
+    }
+
+    /// Appends the batch's chunks (every one bound for the log) to log
+    /// appends, for the committer; the entries to index once they are
+    /// synced.
+    fn prepare_appends(&mut self) -> io::Result<(Appends, LiveChange, Appended)> {
+        let mut appends = Appends::default();
+        let mut change = LiveChange::default();
+        let mut entries = Vec::new();
+        for (key, value) in &self.pending[Space::Chunks as usize] {
+            let value = value.as_deref().ok_or(io::ErrorKind::InvalidInput)?;
+            let loc = self.log.append(&mut appends, key, value)?;
+            change.added.push(loc);
+            let old = match self.unindexed.get(key) {
+                Some(&old) => Some(old),
+                None if self.replaced.contains(key) => self.committed_loc(key),
+                None => None,
+            };
+            change.freed.extend(old);
+            entries.push((key.clone(), loc));
+        }
+        self.replaced.clear();
+        Ok((appends, change, entries))
+    }
+
+    /// Where redb's index puts the chunk under `key`, if in the log. A
+    /// failed lookup only leaves its bytes counted live until the next open.
+    fn committed_loc(&self, key: &[u8]) -> Option<Loc> {
+        let entry = self.with_snapshot(Space::Chunks, |t| {
+            let value = t.get(key).map_err(store_error)?;
+            Ok(value.and_then(|v| {
+                ChunkEntry::decode(v.value()).map(|e| match e {
+                    ChunkEntry::Log(loc) => Some(loc),
+                    ChunkEntry::Inline(_) => None,
+                })
+            }))
+        });
+        entry.ok().flatten().flatten()
+    }
+
+    /// Writes the batch into a fresh write transaction, for the committer.
+    /// With `checkpoint`, also every chunk index entry still only in
+    /// memory, the batch's chunks (their bytes into log appends), and the
+    /// end of the log as indexed; without, the batch's chunks are left
+    /// to [`DiskStore::prepare_appends`].
+    fn prepare_batch(
+        &mut self,
+        checkpoint: bool,
+    ) -> Result<(WriteTransaction, Appends, LiveChange), redb::Error> {
         if self.db.is_none() {
             self.reopen();
         }
@@ -610,16 +812,24 @@ impl DiskStore {
         let txn = db.begin_write()?;
         let mut appends = Appends::default();
         let mut change = LiveChange::default();
+        if checkpoint && !self.unindexed.is_empty() {
+            // Their locations were counted live, and the ones they
+            // replaced freed, when their appends were committed.
+            let mut t = txn.open_table(table(Space::Chunks))?;
+            for (key, loc) in &self.unindexed {
+                t.insert(key.as_slice(), ChunkEntry::Log(*loc).encode().as_slice())?;
+            }
+        }
         for space in Space::ALL {
             let layer = &self.pending[space as usize];
-            if layer.is_empty() {
+            if layer.is_empty() || (space == Space::Chunks && !checkpoint) {
                 continue;
             }
             let mut t = txn.open_table(table(space))?;
             for (key, value) in layer {
                 let old = match (space, value) {
                     (Space::Chunks, Some(v)) => {
-                        let entry = chunk_entry(&mut self.log, &mut appends, v)?;
+                        let entry = chunk_entry(&mut self.log, &mut appends, key, v)?;
                         if let Some(ChunkEntry::Log(loc)) = ChunkEntry::decode(&entry) {
                             change.added.push(loc);
                         }
@@ -636,6 +846,12 @@ impl DiskStore {
                 }
             }
         }
+        if checkpoint {
+            txn.open_table(CHUNK_LOG)?
+                .insert(INDEXED_TO, self.log.end().encode().as_slice())?;
+            self.replaced.clear();
+            self.compaction_pending = false;
+        }
         Ok((txn, appends, change))
     }
 }
@@ -646,6 +862,7 @@ impl DiskStore {
     /// (one already being committed lands or not, as the disk decides).
     fn abandon(mut self) {
         self.pending = Layer::default();
+        self.unindexed.clear();
         let _ = self.wait_inflight();
         self.committer.stop();
         self.snapshot.take();
@@ -703,9 +920,10 @@ fn next_key_in(
     Ok(key.starts_with(prefix).then(|| key.to_vec()))
 }
 
-/// The same in one uncommitted batch, removals included.
-fn next_key_in_layer(
-    layer: &BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+/// The same in a map kept in memory (an uncommitted batch, removals
+/// included, or the unindexed chunks).
+fn next_key_in_layer<V>(
+    layer: &BTreeMap<Vec<u8>, V>,
     prefix: &[u8],
     after: Option<&[u8]>,
 ) -> Option<Vec<u8>> {
@@ -744,6 +962,7 @@ impl Storage for DiskStore {
 
     fn insert(&mut self, space: Space, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
         let old = self.len_of(space, key)?;
+        let i = space as usize;
         let added = (key.len() + value.len()) as u64;
         let freed = old.map_or(0, |n| (key.len() + n) as u64);
         if let Some(quota) = self.quota
@@ -753,7 +972,12 @@ impl Storage for DiskStore {
         {
             return Err(StoreError::Full);
         }
-        self.pending[space as usize].insert(key.to_vec(), Some(value.to_vec()));
+        if space == Space::Chunks && old.is_some() && !self.pending[i].contains_key(key) {
+            // A committed version it replaces: a batch of appends only
+            // looks up its location, to free it.
+            self.replaced.insert(key.to_vec());
+        }
+        self.pending[i].insert(key.to_vec(), Some(value.to_vec()));
         self.usage.bytes = (self.usage.bytes + added).saturating_sub(freed);
         if old.is_none() {
             self.usage.entries += 1;
@@ -793,14 +1017,39 @@ impl Storage for DiskStore {
         if let Some(e) = self.lost.take() {
             return FlushBegun::Done(Err(e));
         }
-        if self.pending.iter().all(BTreeMap::is_empty) {
+        let nothing_pending = self.pending.iter().all(BTreeMap::is_empty);
+        // With nothing pending, only a checkpoint that is due has work.
+        if nothing_pending && (!self.must_checkpoint || self.unindexed.is_empty()) {
             return FlushBegun::Done(Ok(()));
         }
-        // redb reuses the pages a commit frees only once no reader holds
-        // that commit's snapshot or an older one: let go of ours, so space
-        // just freed (on a full disk, say) is there for this batch.
-        self.snapshot.take();
-        let (txn, appends, change) = match self.prepare_batch() {
+        let checkpoint = self.needs_checkpoint();
+        let others = Space::ALL
+            .into_iter()
+            .any(|space| space != Space::Chunks && !self.pending[space as usize].is_empty());
+        if checkpoint || others {
+            // redb reuses the pages a commit frees only once no reader
+            // holds that commit's snapshot or an older one: let go of ours,
+            // so space just freed (on a full disk, say) is there for this
+            // batch.
+            self.snapshot.take();
+        }
+        let prepared = if checkpoint {
+            self.prepare_batch(true)
+                .map(|(txn, appends, change)| (Some(txn), appends, change, None))
+        } else {
+            // The chunks' entries stay in memory; the other spaces' writes,
+            // if any, go into a transaction.
+            self.prepare_appends().map_err(redb::Error::from).and_then(
+                |(appends, change, entries)| {
+                    let txn = match others {
+                        true => Some(self.prepare_batch(false)?.0),
+                        false => None,
+                    };
+                    Ok((txn, appends, change, Some(entries)))
+                },
+            )
+        };
+        let (txn, appends, change, appended) = match prepared {
             Ok(batch) => batch,
             Err(e) => {
                 let e = self.lose(e);
@@ -813,6 +1062,7 @@ impl Storage for DiskStore {
             ticket,
             layer: std::mem::take(&mut self.pending),
             change,
+            appended,
         });
         let sent = match &self.committer.jobs {
             Some(jobs) => jobs.send((ticket, appends, txn)).map_err(|e| e.0),
@@ -854,6 +1104,11 @@ impl Storage for DiskStore {
                     self.inflight
                         .as_ref()
                         .and_then(|b| next_key_in_layer(&b.layer[i], prefix, after)),
+                    if space == Space::Chunks {
+                        next_key_in_layer(&self.unindexed, prefix, after)
+                    } else {
+                        None
+                    },
                     next_key_in(t, prefix, after)?,
                 ];
                 let Some(key) = candidates.into_iter().flatten().min() else {
@@ -887,6 +1142,7 @@ impl Storage for DiskStore {
 impl Drop for DiskStore {
     fn drop(&mut self) {
         if self.db.is_some() {
+            self.must_checkpoint = true;
             let _ = self.flush();
         }
         self.committer.stop();
@@ -1215,6 +1471,168 @@ mod tests {
 
     /// A store written before the chunk log kept chunk bytes in redb; the
     /// first open moves them into the log.
+    fn chunk(byte: u8, len: usize) -> Vec<u8> {
+        vec![byte; len]
+    }
+
+    fn read(s: &DiskStore, key: &[u8]) -> Option<Vec<u8>> {
+        let mut out = vec![0u8; 8192];
+        let len = s.get(Space::Chunks, key, &mut out).unwrap()?;
+        out.truncate(len);
+        Some(out)
+    }
+
+    #[test]
+    fn chunk_appends_commit_no_transaction_and_come_back_by_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = DiskStore::open(dir.path()).unwrap();
+        s.put(Space::Chunks, b"a", &chunk(1, 3000)).unwrap();
+        s.put(Space::Chunks, b"b", &chunk(2, 2048)).unwrap();
+        s.flush().unwrap();
+        assert_eq!(
+            s.unindexed.len(),
+            2,
+            "appends only: the entries wait in memory"
+        );
+        assert_eq!(read(&s, b"a"), Some(chunk(1, 3000)));
+        s.put(Space::Chunks, b"c", &chunk(3, 4096)).unwrap();
+        s.flush().unwrap();
+        let usage = s.usage();
+        let mut keys = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        let mut buf = [0u8; 8];
+        while let Some(n) = s
+            .next_key(Space::Chunks, b"", after.as_deref(), &mut buf)
+            .unwrap()
+        {
+            keys.push(buf[..n].to_vec());
+            after = Some(buf[..n].to_vec());
+        }
+        assert_eq!(keys, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+        s.abandon(); // a crash: the entries in memory are gone
+
+        let mut s = DiskStore::open(dir.path()).unwrap();
+        assert!(s.unindexed.is_empty(), "open indexes what it replays");
+        assert_eq!(read(&s, b"a"), Some(chunk(1, 3000)));
+        assert_eq!(read(&s, b"b"), Some(chunk(2, 2048)));
+        assert_eq!(read(&s, b"c"), Some(chunk(3, 4096)));
+        assert_eq!(s.usage(), usage);
+
+        // A removal commits a transaction, with the entries still in
+        // memory: a replay after it does not bring the chunk back.
+        s.put(Space::Chunks, b"d", &chunk(4, 2500)).unwrap();
+        s.flush().unwrap();
+        assert_eq!(s.unindexed.len(), 1);
+        assert!(s.remove(Space::Chunks, b"d").unwrap());
+        assert!(s.remove(Space::Chunks, b"a").unwrap());
+        s.flush().unwrap();
+        assert!(s.unindexed.is_empty());
+        s.abandon();
+        let s = DiskStore::open(dir.path()).unwrap();
+        assert_eq!(read(&s, b"a"), None);
+        assert_eq!(read(&s, b"d"), None);
+        assert_eq!(read(&s, b"c"), Some(chunk(3, 4096)));
+        assert_eq!(s.usage().entries, 2);
+    }
+
+    #[test]
+    fn the_newest_value_wins_across_appends_transactions_and_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = DiskStore::open(dir.path()).unwrap();
+        for (round, value) in [
+            chunk(1, 3000),
+            chunk(2, 2100), // replaces an entry in memory
+            chunk(3, 100),  // inline: a transaction
+            chunk(4, 2200), // replaces an inline entry from the log
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            s.put(Space::Chunks, b"k", &value).unwrap();
+            s.flush().unwrap();
+            assert_eq!(read(&s, b"k").as_ref(), Some(&value), "round {round}");
+            s.abandon();
+            s = DiskStore::open(dir.path()).unwrap();
+            assert_eq!(read(&s, b"k"), Some(value), "round {round}, reopened");
+            assert_eq!(s.usage().entries, 1);
+        }
+        // Every replaced value was freed: one live chunk in the log.
+        s.put(Space::Chunks, b"k", &chunk(5, 2300)).unwrap();
+        s.flush().unwrap();
+        s.put(Space::Chunks, b"k", &chunk(6, 2400)).unwrap();
+        s.flush().unwrap();
+        let live: u64 = s.log.live_bytes();
+        assert_eq!(live, 2400);
+    }
+
+    #[test]
+    fn entries_in_memory_reach_the_index_at_the_checkpoint_size_and_at_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = DiskStore::open(dir.path()).unwrap();
+        s.checkpoint_entries = 4;
+        for k in 0..3u8 {
+            s.put(Space::Chunks, &[k], &chunk(k, 2048)).unwrap();
+        }
+        s.flush().unwrap();
+        assert_eq!(s.unindexed.len(), 3);
+        for k in 3..5u8 {
+            s.put(Space::Chunks, &[k], &chunk(k, 2048)).unwrap();
+        }
+        s.flush().unwrap();
+        assert!(
+            s.unindexed.is_empty(),
+            "five would pass four: a transaction"
+        );
+        s.put(Space::Chunks, &[9], &chunk(9, 2048)).unwrap();
+        s.flush().unwrap();
+        assert_eq!(s.unindexed.len(), 1);
+        s.close().unwrap();
+
+        // Closed cleanly, the index names everything: nothing to replay.
+        let db = DiskStore::open_file(&dir.path().join(FILE_NAME)).unwrap();
+        let txn = db.begin_read().unwrap();
+        let index = txn.open_table(table(Space::Chunks)).unwrap();
+        assert_eq!(index.len().unwrap(), 6);
+        let marks = txn.open_table(CHUNK_LOG).unwrap();
+        let indexed = Position::decode(marks.get(INDEXED_TO).unwrap().unwrap().value()).unwrap();
+        drop((marks, index, txn, db));
+        let log = ChunkLog::open(dir.path()).unwrap();
+        assert_eq!(indexed, log.end());
+    }
+
+    #[test]
+    fn appends_after_a_torn_record_survive_the_next_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = DiskStore::open(dir.path()).unwrap();
+        s.put(Space::Chunks, b"a", &chunk(1, 3000)).unwrap();
+        s.flush().unwrap();
+        s.abandon();
+        // A crash mid-append left half a record at the end of the log.
+        let segment = dir.path().join(log::DIR_NAME).join("00000001.log");
+        let mut torn = std::fs::read(&segment).unwrap();
+        torn.truncate(torn.len() / 2);
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&segment)
+            .unwrap();
+        std::io::Write::write_all(&mut file, &torn).unwrap();
+        drop(file);
+
+        let mut s = DiskStore::open(dir.path()).unwrap();
+        assert_eq!(read(&s, b"a"), Some(chunk(1, 3000)));
+        s.put(Space::Chunks, b"b", &chunk(2, 3000)).unwrap();
+        s.flush().unwrap();
+        assert_eq!(s.unindexed.len(), 1, "appended after the torn record");
+        s.abandon();
+        let s = DiskStore::open(dir.path()).unwrap();
+        assert_eq!(read(&s, b"a"), Some(chunk(1, 3000)));
+        assert_eq!(
+            read(&s, b"b"),
+            Some(chunk(2, 3000)),
+            "replay starts past the torn record"
+        );
+    }
+
     #[test]
     fn chunks_kept_in_the_database_move_into_the_log_at_open() {
         let dir = tempfile::tempdir().unwrap();
@@ -1236,7 +1654,12 @@ mod tests {
         assert_eq!(s.get(Space::Chunks, b"old-b", &mut out), Ok(Some(50)));
         assert_eq!(out[..50], [2u8; 50]);
         assert_eq!(s.usage().entries, 2);
-        assert_eq!(s.chunk_log_bytes(), 3000, "the small chunk stays inline");
+        let record = log::HEADER_LEN + b"old-a".len();
+        assert_eq!(
+            s.chunk_log_bytes(),
+            (record + 3000) as u64,
+            "the small chunk stays inline"
+        );
         s.close().unwrap();
         let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
         let txn = db.begin_read().unwrap();

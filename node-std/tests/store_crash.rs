@@ -1,7 +1,9 @@
 //! A flushed write survives `kill -9`: a child process (this test binary,
 //! run again) writes in batches, flushes each batch and only then reports
 //! its keys as acknowledged, as the node does; it is killed mid-stream, and
-//! every key it reported is there when the store reopens.
+//! every key it reported is there when the store reopens. Batches alternate
+//! between records (a redb transaction) and chunks bound for the chunk log
+//! (appends only, indexed by replay at the next open).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -18,8 +20,21 @@ const BEFORE_KILL: u64 = 40;
 /// Writes per flush.
 const BATCH: u64 = 7;
 
+/// Where write `i` goes: records in even batches, chunks in odd ones.
+fn space(i: u64) -> Space {
+    if (i / BATCH).is_multiple_of(2) {
+        Space::Records
+    } else {
+        Space::Chunks
+    }
+}
+
 fn value(i: u64) -> Vec<u8> {
-    (0..1000u64).map(|j| (i * 31 + j) as u8).collect()
+    let len = match space(i) {
+        Space::Chunks => 3000,
+        _ => 1000,
+    };
+    (0..len).map(|j| (i * 31 + j) as u8).collect()
 }
 
 /// The child: writes until killed, printing each write once a `flush`
@@ -30,9 +45,7 @@ fn write_until_killed(dir: &str) {
     for batch in (0..100_000u64).step_by(BATCH as usize) {
         let writes = batch..batch + BATCH;
         for i in writes.clone() {
-            store
-                .put(Space::Records, &i.to_le_bytes(), &value(i))
-                .unwrap();
+            store.put(space(i), &i.to_le_bytes(), &value(i)).unwrap();
         }
         store.flush().unwrap();
         for i in writes {
@@ -63,6 +76,7 @@ fn acknowledged_writes_survive_kill_9() {
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut last = None;
+    // A few batches of each kind are acknowledged before the kill.
     while last.is_none_or(|n| n < BEFORE_KILL) {
         assert!(Instant::now() < deadline, "the writer is too slow");
         let line = lines.next().expect("writer ended early").unwrap();
@@ -77,10 +91,10 @@ fn acknowledged_writes_survive_kill_9() {
         .fold(last.unwrap(), u64::max);
 
     let store = DiskStore::open(dir.path()).expect("the store reopens after kill -9");
-    let mut buf = vec![0u8; 2000];
+    let mut buf = vec![0u8; 4000];
     for i in 0..=last {
         let len = store
-            .get(Space::Records, &i.to_le_bytes(), &mut buf)
+            .get(space(i), &i.to_le_bytes(), &mut buf)
             .unwrap()
             .unwrap_or_else(|| panic!("acknowledged write {i} of {last} lost"));
         assert_eq!(buf[..len], value(i), "write {i} damaged");

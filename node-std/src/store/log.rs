@@ -1,26 +1,35 @@
 //! The chunk log: chunk bytes appended to segment files, located by an
-//! index the store keeps in redb.
+//! index the store keeps in redb and, for the newest appends, in memory.
 //!
 //! A chunk is written once, sequentially, into the active segment
-//! `DIR/chunks/NNNNNNNN.log`; redb holds only its [`Loc`] (16 bytes, and a
-//! tag, under the chunk's key; chunks under 2 KiB stay in redb whole).
-//! Inserting 2 KiB values under random keys straight into redb's B-tree
-//! rewrote about five 4 KiB pages per chunk at every commit; an append
-//! writes each byte about once.
+//! `DIR/chunks/NNNNNNNN.log`, as a record: a header (a magic byte, the key's
+//! length, the value's length, a CRC-32 of key and value), the key, the
+//! value. redb holds only its [`Loc`] (16 bytes, and a tag, under the
+//! chunk's key; chunks under 2 KiB stay in redb whole). Inserting 2 KiB
+//! values under random keys straight into redb's B-tree rewrote about five
+//! 4 KiB pages per chunk at every commit; an append writes each byte about
+//! once.
+//!
+//! **The log is the index's journal.** A batch of chunk appends only is
+//! durable once its segments are synced: its index entries stay in memory,
+//! and reach redb later, many at once, with any other write (a checkpoint).
+//! redb records the log position its index covers; at open, the records
+//! after that position are read back ([`ChunkLog::replay`]) and indexed.
+//! A record cut short by a crash, or damaged, ends a segment's replay.
 //!
 //! **Order of writes.** A commit first writes the batch's appends and syncs
 //! each segment it touched ([`Appends::write_and_sync`]), then commits the
-//! index. An index entry therefore never names bytes that are not on disk.
-//! A crash between the two leaves bytes no entry names: dead space, which
-//! compaction reclaims like any other.
+//! index, if it commits one. An index entry therefore never names bytes
+//! that are not on disk. A crash between the two leaves records the replay
+//! indexes at the next open.
 //!
-//! **Space.** The store counts, per segment, the bytes its committed index
-//! entries name (`live`) beside the segment's length. A segment that is not
-//! the active one and holds no live bytes is deleted; one whose live bytes
-//! fell below half its length is compacted: the store writes its live
-//! chunks again (they land in the active segment) and the segment, empty
-//! once that commit lands, is deleted after it. So the chunk log takes at
-//! most about twice the live chunk bytes, plus one segment.
+//! **Space.** The store counts, per segment, the bytes its index entries
+//! name (`live`) beside the segment's length. A segment that is not the
+//! active one and holds no live bytes is deleted; one whose live bytes fell
+//! below half its length is compacted: the store writes its live chunks
+//! again (they land in the active segment) and the segment, empty once that
+//! commit lands, is deleted after it. So the chunk log takes at most about
+//! twice the live chunk bytes, plus one segment.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
@@ -34,6 +43,80 @@ pub const DIR_NAME: &str = "chunks";
 
 /// A segment is sealed, and the next one started, once it reaches this size.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
+
+/// The first byte of every record.
+const RECORD_MAGIC: u8 = 0xc5;
+
+/// A record's header: magic, key length (u8), value length (u32), CRC-32
+/// of those, the key and the value (u32), little-endian.
+pub const HEADER_LEN: usize = 10;
+
+/// A place in the log: a segment and an offset in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    pub segment: u32,
+    pub offset: u64,
+}
+
+impl Position {
+    pub const LEN: usize = 12;
+
+    pub fn encode(self) -> [u8; Position::LEN] {
+        let mut out = [0u8; Position::LEN];
+        out[..4].copy_from_slice(&self.segment.to_le_bytes());
+        out[4..].copy_from_slice(&self.offset.to_le_bytes());
+        out
+    }
+
+    /// `None` for bytes that are not an encoded position.
+    pub fn decode(bytes: &[u8]) -> Option<Position> {
+        let bytes: &[u8; Position::LEN] = bytes.try_into().ok()?;
+        let (segment, offset) = bytes.split_at(4);
+        Some(Position {
+            segment: u32::from_le_bytes(segment.try_into().ok()?),
+            offset: u64::from_le_bytes(offset.try_into().ok()?),
+        })
+    }
+}
+
+/// The header of a record holding `key` and `value`; `None` when the key
+/// is too long for it (over 255 bytes) or the value over 4 GiB.
+fn header(key: &[u8], value: &[u8]) -> Option<[u8; HEADER_LEN]> {
+    let key_len = u8::try_from(key.len()).ok()?;
+    let value_len = u32::try_from(value.len()).ok()?;
+    let mut out = [0u8; HEADER_LEN];
+    out[0] = RECORD_MAGIC;
+    out[1] = key_len;
+    out[2..6].copy_from_slice(&value_len.to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&out[..6]);
+    crc.update(key);
+    crc.update(value);
+    out[6..].copy_from_slice(&crc.finalize().to_le_bytes());
+    Some(out)
+}
+
+/// The record at the start of `bytes`: its key, its value's offset in
+/// `bytes` and length, and its whole length. `None` when `bytes` do not
+/// start with a whole, intact record.
+fn parse_record(bytes: &[u8]) -> Option<(&[u8], usize, u32, usize)> {
+    let head = bytes.get(..HEADER_LEN)?;
+    if head[0] != RECORD_MAGIC {
+        return None;
+    }
+    let key_len = usize::from(head[1]);
+    let value_len = u32::from_le_bytes(head[2..6].try_into().ok()?);
+    let crc = u32::from_le_bytes(head[6..].try_into().ok()?);
+    let value_at = HEADER_LEN + key_len;
+    let end = value_at.checked_add(usize::try_from(value_len).ok()?)?;
+    let key = bytes.get(HEADER_LEN..value_at)?;
+    let value = bytes.get(value_at..end)?;
+    let mut check = crc32fast::Hasher::new();
+    check.update(&head[..6]);
+    check.update(key);
+    check.update(value);
+    (check.finalize() == crc).then_some((key, value_at, value_len, end))
+}
 
 /// Where a chunk's bytes are: segment, offset, length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -204,37 +287,86 @@ impl ChunkLog {
         }
     }
 
-    /// Places `value` at the end of the active segment, starting the next
-    /// segment first when it would pass [`SEGMENT_BYTES`], and adds it to
-    /// `batch`.
-    pub fn append(&mut self, batch: &mut Appends, value: &[u8]) -> io::Result<Loc> {
-        let len = u32::try_from(value.len()).map_err(|_| io::ErrorKind::InvalidInput)?;
+    /// Places a record of `key` and `value` at the end of the active
+    /// segment, starting the next segment first when it would pass
+    /// [`SEGMENT_BYTES`], and adds it to `batch`. The location is the
+    /// value's.
+    pub fn append(&mut self, batch: &mut Appends, key: &[u8], value: &[u8]) -> io::Result<Loc> {
+        let header = header(key, value).ok_or(io::ErrorKind::InvalidInput)?;
+        let record = (HEADER_LEN + key.len() + value.len()) as u64;
         let active_len = self.segments.get(&self.active).map_or(0, |s| s.len);
-        if active_len > 0 && active_len + u64::from(len) > self.segment_bytes {
+        if active_len > 0 && active_len + record > self.segment_bytes {
             self.start_segment(self.active + 1)?;
         }
         let segment = self
             .segments
             .get_mut(&self.active)
             .ok_or(io::ErrorKind::NotFound)?;
+        let start = segment.len;
         let loc = Loc {
             segment: self.active,
-            offset: segment.len,
-            len,
+            offset: start + (HEADER_LEN + key.len()) as u64,
+            len: value.len() as u32,
         };
-        segment.len += u64::from(len);
-        match batch.runs.last_mut() {
-            Some((file, start, bytes))
-                if Arc::ptr_eq(file, &segment.file)
-                    && *start + bytes.len() as u64 == loc.offset =>
+        segment.len += record;
+        let run = match batch.runs.last_mut() {
+            Some((file, at, bytes))
+                if Arc::ptr_eq(file, &segment.file) && *at + bytes.len() as u64 == start =>
             {
-                bytes.extend_from_slice(value);
+                bytes
             }
-            _ => batch
-                .runs
-                .push((segment.file.clone(), loc.offset, value.to_vec())),
-        }
+            _ => {
+                batch.runs.push((segment.file.clone(), start, Vec::new()));
+                &mut batch.runs.last_mut().ok_or(io::ErrorKind::NotFound)?.2
+            }
+        };
+        run.extend_from_slice(&header);
+        run.extend_from_slice(key);
+        run.extend_from_slice(value);
         Ok(loc)
+    }
+
+    /// The end of the log: where the next append goes, unless it starts a
+    /// segment.
+    pub fn end(&self) -> Position {
+        Position {
+            segment: self.active,
+            offset: self.segments.get(&self.active).map_or(0, |s| s.len),
+        }
+    }
+
+    /// Hands `found` every intact record from `from` to the end of the log,
+    /// in order: its key and its value's location. A segment's replay ends
+    /// at its first record that is cut short or damaged. Reads each
+    /// segment once, from `from` on.
+    pub fn replay(&self, from: Position, mut found: impl FnMut(&[u8], Loc)) -> io::Result<()> {
+        for (&n, segment) in self.segments.range(from.segment..) {
+            let start = if n == from.segment { from.offset } else { 0 };
+            if start >= segment.len {
+                continue;
+            }
+            let mut bytes = vec![0u8; (segment.len - start) as usize];
+            segment.file.read_exact_at(&mut bytes, start)?;
+            let mut at = 0usize;
+            while let Some((key, value_at, len, end)) = bytes.get(at..).and_then(parse_record) {
+                let loc = Loc {
+                    segment: n,
+                    offset: start + (at + value_at) as u64,
+                    len,
+                };
+                found(key, loc);
+                at += end;
+            }
+            if at < bytes.len() {
+                tracing::warn!(
+                    segment = n,
+                    offset = start + at as u64,
+                    bytes = bytes.len() - at,
+                    "the chunk log ends in a record cut short or damaged; replay skips it"
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Reads the bytes at `loc` into `out` (at least `loc.len` long).
@@ -312,6 +444,11 @@ impl ChunkLog {
     }
 
     #[cfg(test)]
+    pub fn live_bytes(&self) -> u64 {
+        self.segments.values().map(|s| s.live).sum()
+    }
+
+    #[cfg(test)]
     pub fn segment_count(&self) -> usize {
         self.segments.len()
     }
@@ -344,9 +481,9 @@ mod tests {
         let mut log = ChunkLog::open(dir.path()).unwrap();
         let big = vec![0xabu8; (SEGMENT_BYTES / 2 + 1) as usize];
         let mut batch = Appends::default();
-        let a = log.append(&mut batch, b"hello").unwrap();
-        let b = log.append(&mut batch, &big).unwrap();
-        let c = log.append(&mut batch, &big).unwrap();
+        let a = log.append(&mut batch, b"a", b"hello").unwrap();
+        let b = log.append(&mut batch, b"b", &big).unwrap();
+        let c = log.append(&mut batch, b"c", &big).unwrap();
         assert_eq!((a.segment, b.segment), (1, 1), "a and b fit segment 1");
         assert_eq!(c.segment, 2, "c would pass the segment size: a new one");
         assert_eq!(batch.runs.len(), 2, "one run per segment");
@@ -374,7 +511,112 @@ mod tests {
         log.read(c, &mut out).unwrap();
         assert_eq!(out, big);
         let mut batch = Appends::default();
-        let d = log.append(&mut batch, b"more").unwrap();
-        assert_eq!((d.segment, d.offset), (2, big.len() as u64));
+        let d = log.append(&mut batch, b"d", b"more").unwrap();
+        let record = (HEADER_LEN + 1) as u64;
+        assert_eq!(
+            (d.segment, d.offset),
+            (2, record + big.len() as u64 + record)
+        );
+    }
+
+    #[test]
+    fn replay_finds_every_intact_record_and_stops_at_a_damaged_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = ChunkLog::open(dir.path()).unwrap();
+        log.set_segment_bytes(110); // two records of 52 bytes
+        let mut batch = Appends::default();
+        let first = log.append(&mut batch, b"k1", &[1; 40]).unwrap();
+        let from = log.end();
+        let second = log.append(&mut batch, b"k2", &[2; 40]).unwrap();
+        let third = log.append(&mut batch, b"k3", &[3; 40]).unwrap();
+        assert_eq!((first.segment, second.segment, third.segment), (1, 1, 2));
+        batch.write_and_sync().unwrap();
+
+        let replayed = |log: &ChunkLog, from| {
+            let mut found = Vec::new();
+            log.replay(from, |key, loc| found.push((key.to_vec(), loc)))
+                .unwrap();
+            found
+        };
+        let all = replayed(
+            &log,
+            Position {
+                segment: 1,
+                offset: 0,
+            },
+        );
+        assert_eq!(
+            all,
+            [
+                (b"k1".to_vec(), first),
+                (b"k2".to_vec(), second),
+                (b"k3".to_vec(), third)
+            ]
+        );
+        assert_eq!(replayed(&log, from), all[1..]);
+        let mut out = [0u8; 40];
+        log.read(third, &mut out).unwrap();
+        assert_eq!(out, [3; 40]);
+
+        // A flipped value byte fails the record's checksum: replay of
+        // segment 1 stops there, and segment 2 is replayed on its own.
+        let path = ChunkLog::path(&dir.path().join(DIR_NAME), 1);
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&[9], second.offset + 3).unwrap();
+        // A record cut short at the end of segment 2.
+        let mut torn = Appends::default();
+        log.append(&mut torn, b"k4", &[4; 20]).unwrap();
+        let (file, at, bytes) = &torn.runs[0];
+        file.write_all_at(&bytes[..bytes.len() - 1], *at).unwrap();
+        drop(torn);
+        let log = ChunkLog::open(dir.path()).unwrap();
+        let found = replayed(
+            &log,
+            Position {
+                segment: 1,
+                offset: 0,
+            },
+        );
+        assert_eq!(found, [(b"k1".to_vec(), first), (b"k3".to_vec(), third)]);
+    }
+
+    #[test]
+    fn records_parse_only_when_whole_and_intact() {
+        let value = [7u8; 30];
+        let mut record = header(b"key", &value).unwrap().to_vec();
+        record.extend_from_slice(b"key");
+        record.extend_from_slice(&value);
+        let (key, at, len, end) = parse_record(&record).unwrap();
+        assert_eq!(
+            (key, at, len, end),
+            (&b"key"[..], HEADER_LEN + 3, 30, record.len())
+        );
+        for cut in 0..record.len() {
+            assert_eq!(parse_record(&record[..cut]), None, "cut at {cut}");
+        }
+        for i in 0..record.len() {
+            let mut bad = record.clone();
+            bad[i] ^= 0x10;
+            assert_eq!(parse_record(&bad), None, "byte {i} flipped");
+        }
+        assert_eq!(
+            header(&[0; 256], b"v"),
+            None,
+            "a key over 255 bytes has no header"
+        );
+        assert_eq!(
+            Position::decode(
+                &Position {
+                    segment: 3,
+                    offset: 9
+                }
+                .encode()
+            ),
+            Some(Position {
+                segment: 3,
+                offset: 9
+            })
+        );
+        assert_eq!(Position::decode(&[0; 11]), None);
     }
 }
