@@ -653,3 +653,45 @@ fn a_burst_of_small_messages_shares_datagrams_and_arrives_exactly_once() {
         "a message changed"
     );
 }
+
+#[test]
+fn new_fragments_leave_in_bursts_per_peer_and_every_peer_gets_turns() {
+    use shoal_core::link::BURST;
+    let mut a = End::<256>::new(1, 1, LinkConfig::host());
+    let now = Instant::ZERO;
+    // Three peers, each with 20 two-fragment messages queued (80 fragments,
+    // within the window).
+    for i in 0..20 {
+        for peer in 2..=4 {
+            a.link
+                .send(now, NodeId(peer), 1, &message(peer, i, 2101))
+                .unwrap();
+        }
+    }
+    let mut order = Vec::new();
+    let mut buf = [0u8; MAX_FRAME];
+    while let Some((peer, _)) = a.link.poll_transmit(now, &mut buf) {
+        order.push(peer.0);
+    }
+    assert_eq!(order.len(), 3 * 40);
+    // Runs of one peer: BURST long, but where a peer ran out.
+    let mut runs: Vec<(u64, usize)> = Vec::new();
+    for &p in &order {
+        match runs.last_mut() {
+            Some((q, n)) if *q == p => *n += 1,
+            _ => runs.push((p, 1)),
+        }
+    }
+    let burst = usize::from(BURST);
+    assert!(runs.iter().all(|&(_, n)| n <= burst), "{runs:?}");
+    assert!(
+        runs[..runs.len() - 3].iter().all(|&(_, n)| n == burst),
+        "{runs:?}"
+    );
+    // Round robin between bursts: each peer's first burst comes before any
+    // peer's second.
+    let firsts: Vec<u64> = runs[..3].iter().map(|&(p, _)| p).collect();
+    let mut sorted = firsts.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, [2, 3, 4], "{runs:?}");
+}

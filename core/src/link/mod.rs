@@ -277,6 +277,13 @@ impl RxMsg {
 /// ([`LinkConfig::queue`]).
 pub const PEER_QUEUE: usize = 64;
 
+/// New fragments one peer sends in a row before the next peer with some
+/// gets its turn. Fragments to one peer leave back to back, so a host can
+/// hand them to the kernel as one run (UDP GSO) rather than one datagram
+/// per peer in turn; no peer waits behind more than this many fragments of
+/// each other peer.
+pub const BURST: u8 = 16;
+
 /// The receiver's span: it takes fragments up to this many sequence numbers
 /// past the first it is missing, and a sender keeps every fragment it sends
 /// within this many of its oldest unacknowledged one.
@@ -362,6 +369,8 @@ pub struct Link<const P: usize, const S: usize> {
     next_stream: u16,
     /// The peer whose new fragments go first next time (round robin).
     turn: usize,
+    /// New fragments `turn` has sent in a row (at most [`BURST`]).
+    burst: u8,
     events: heapless::Deque<LinkEvent, EVENTS>,
     stats: LinkStats,
 }
@@ -388,6 +397,7 @@ impl<const P: usize, const S: usize> Link<P, S> {
             next_msg: 1,
             next_stream: 0,
             turn: 0,
+            burst: 0,
             events: heapless::Deque::new(),
             stats: LinkStats::default(),
         }
@@ -1150,7 +1160,12 @@ impl<const P: usize, const S: usize> Link<P, S> {
         for k in 0..n {
             let p = (self.turn + k) % n;
             if let Some((i, more)) = self.unsent_of(p) {
-                self.turn = (p + 1) % n;
+                self.burst = if k == 0 && self.burst < BURST {
+                    self.burst + 1
+                } else {
+                    1
+                };
+                self.turn = if self.burst < BURST { p } else { (p + 1) % n };
                 return Some((p, i, more));
             }
         }
