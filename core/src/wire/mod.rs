@@ -31,7 +31,7 @@ mod seal;
 
 pub use header::{HEADER_LEN, Header, Kind, VERSION};
 pub use replay::{REPLAY_WINDOW, ReplayTable, ReplayVerdict, ReplayWindow};
-pub use seal::{ClusterKey, OpenError, SealError, Sealer, TAG_LEN, open};
+pub use seal::{Cipher, ClusterKey, OpenError, SealError, Sealer, TAG_LEN, open};
 
 /// Largest datagram Shoal sends or accepts. Fits every MTU and an MCU's
 /// receive buffer.

@@ -236,6 +236,18 @@ fn test() -> Result<()> {
         &["test", "-p", "shoal-core"],
     )?;
     step(
+        "core's wire tests with ring sealing (the hosts' build)",
+        &[
+            "test",
+            "-p",
+            "shoal-core",
+            "--features",
+            "ring",
+            "--lib",
+            "wire::",
+        ],
+    )?;
+    step(
         "fuzz targets compile (running them needs nightly: see docs/testing.md)",
         &["check", "--manifest-path", "core/fuzz/Cargo.toml", "--bins"],
     )?;
