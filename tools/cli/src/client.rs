@@ -15,11 +15,20 @@
 //! "port unreachable" as `ConnectionRefused`. That separates "nothing
 //! listens there" from "something listens but never answers", which is what
 //! a node does with datagrams sealed under another key.
+//!
+//! Like a node, the client uses the kernel's UDP offloads (`quinn-udp`):
+//! equal fragments of consecutive requests (the chunks of a put) go down
+//! the stack as one run (GSO), and a run from the contact (the chunks of a
+//! get) comes up as one buffer (GRO), split back into datagrams here.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use rustix::event::{PollFd, PollFlags, Timespec};
+use shoal_core::link::run::Run;
 use std::time::{Duration as StdDuration, Instant as StdInstant, SystemTime, UNIX_EPOCH};
 
 use shoal_core::link::LinkConfig;
@@ -40,8 +49,12 @@ pub type ClientNode = Node<RamStore<0, 0>, 8, 8, 512>;
 /// `net.core.rmem_max` / `wmem_max`).
 const SOCKET_BUFFER: usize = 4 << 20;
 
-/// Most datagrams taken from the socket at one wake-up.
+/// Datagrams taken from the socket at one wake-up: taking stops once this
+/// many wait (a GRO buffer may bring more).
 const RX_BATCH: usize = 32;
+
+/// Most datagrams gathered from the node per send pass.
+const TX_BATCH: usize = 64;
 
 /// Most requests one client keeps in flight (the core's operation table).
 pub const MAX_IN_FLIGHT: usize = 64;
@@ -343,19 +356,24 @@ fn carries_data(response: &Response) -> bool {
 /// A client connected to one contact node.
 pub struct Client {
     node: Box<ClientNode>,
+    /// Non-blocking; waits are `poll`s.
     socket: UdpSocket,
+    udp: UdpSocketState,
     contact: SocketAddr,
     contact_id: NodeId,
     timeout: StdDuration,
     start: StdInstant,
-    buf: Vec<u8>,
+    /// Datagrams to send, back to back, and their runs (see [`Run`]).
+    tx: Vec<u8>,
+    runs: Vec<Run>,
+    /// One receive buffer, large enough for a GRO run.
+    rx: Vec<u8>,
     /// Datagrams taken from the socket but not yet fed to the node, with
     /// their lengths; one is fed per [`Client::wait`].
     received: VecDeque<(Vec<u8>, usize)>,
     /// Buffers for `received`, for reuse.
     spare: Vec<Vec<u8>>,
     refused: bool,
-    read_timeout: Option<StdDuration>,
     /// The contact's file-system settings (chunk size, replicas, read
     /// quorum), once asked: they hold for the connection.
     pub fs_info: Option<crate::fs::Info>,
@@ -376,6 +394,9 @@ impl Client {
         // is chunk after chunk); the default buffer would drop some.
         let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&socket, SOCKET_BUFFER);
         let _ = rustix::net::sockopt::set_socket_send_buffer_size(&socket, SOCKET_BUFFER);
+        socket.set_nonblocking(true)?;
+        let udp = UdpSocketState::new((&socket).into())?;
+        let rx_len = MAX_DATAGRAM * udp.gro_segments().max(1);
         let start = StdInstant::now();
         let node_id = fresh_id()?;
         let node_config = NodeConfig {
@@ -407,15 +428,17 @@ impl Client {
         let mut client = Client {
             node,
             socket,
+            udp,
             contact: config.contact,
             contact_id: NodeId(0),
             timeout: config.timeout,
             start,
-            buf: vec![0; MAX_DATAGRAM],
+            tx: vec![0; TX_BATCH * MAX_DATAGRAM],
+            runs: Vec::with_capacity(TX_BATCH),
+            rx: vec![0; rx_len],
             received: VecDeque::with_capacity(RX_BATCH),
             spare: Vec::new(),
             refused: false,
-            read_timeout: None,
             fs_info: None,
             hlc: HlcClock::new(node_id),
         };
@@ -623,29 +646,59 @@ impl Client {
         }
     }
 
-    /// Sends every datagram the node has ready.
+    /// Sends every datagram the node has ready, gathered [`TX_BATCH`] at
+    /// a time into runs (see [`Run`]): a run of several goes to the kernel
+    /// in one call (GSO).
     fn flush(&mut self) -> Result<(), ClientError> {
         loop {
             let now = self.now();
-            let Some(t) = self.node.poll_transmit(now, &mut self.buf) else {
-                return Ok(());
-            };
-            if t.dst != self.contact {
-                // A client talks to its contact only.
-                continue;
+            let max_segments = self.udp.max_gso_segments().max(1);
+            self.runs.clear();
+            let (mut at, mut n) = (0, 0);
+            while n < TX_BATCH {
+                let buf = &mut self.tx[at..at + MAX_DATAGRAM];
+                let Some(t) = self.node.poll_transmit(now, buf) else {
+                    break;
+                };
+                n += 1;
+                if t.dst != self.contact {
+                    // A client talks to its contact only.
+                    continue;
+                }
+                let joined = self
+                    .runs
+                    .last_mut()
+                    .is_some_and(|r| r.extend(t.dst, t.len, max_segments));
+                if !joined {
+                    self.runs.push(Run::new(t.dst, at, t.len));
+                }
+                at += t.len;
             }
-            match self.socket.send(&self.buf[..t.len]) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => self.refused = true,
-                // The kernel's buffer is full: the link retransmits.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e.into()),
+            for run in &self.runs {
+                let transmit = Transmit {
+                    destination: run.dst,
+                    ecn: None,
+                    contents: &self.tx[run.start..run.end],
+                    segment_size: run.segment_size(),
+                    src_ip: None,
+                };
+                match self.udp.try_send((&self.socket).into(), &transmit) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => self.refused = true,
+                    // The kernel's buffer is full: the link retransmits.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if n < TX_BATCH {
+                return Ok(());
             }
         }
     }
 
-    /// Waits for one datagram or the node's next timer (at most until
-    /// `deadline`) and feeds it to the node.
+    /// Feeds the node one input: a datagram already taken from the socket,
+    /// else the time once its next timer (or `deadline`) is due, else the
+    /// first datagram to arrive before then.
     fn wait(&mut self, deadline: StdInstant) -> Result<(), ClientError> {
         // Responses a datagram completed beyond the one it delivered come
         // before the next datagram.
@@ -654,71 +707,76 @@ impl Client {
             self.node.handle_timeout(now);
             return Ok(());
         }
-        if let Some((mut datagram, len)) = self.received.pop_front() {
-            let now = self.now();
-            let contact = self.contact;
-            self.node
-                .handle_datagram(now, contact, &mut datagram[..len]);
-            self.spare.push(datagram);
-            return Ok(());
-        }
-        let mut wake = deadline;
-        if let Some(t) = self.node.poll_timeout() {
-            wake = wake.min(self.start + StdDuration::from_micros(t.as_micros()));
-        }
-        let left = wake.saturating_duration_since(StdInstant::now());
-        if left.is_zero() {
-            let now = self.now();
-            self.node.handle_timeout(now);
-            return Ok(());
-        }
-        // Setting the timeout is a system call; skip it when it barely moved.
-        let want = left.max(StdDuration::from_millis(1));
-        let stale = self
-            .read_timeout
-            .is_none_or(|t| t > want || want - t > StdDuration::from_millis(5));
-        if stale {
-            self.socket.set_read_timeout(Some(want))?;
-            self.read_timeout = Some(want);
-        }
-        match self.socket.recv(&mut self.buf) {
-            Ok(n) => {
-                let now = self.now();
-                let contact = self.contact;
-                self.node.handle_datagram(now, contact, &mut self.buf[..n]);
-                self.take_arrived();
+        if self.received.is_empty() {
+            let mut wake = deadline;
+            if let Some(t) = self.node.poll_timeout() {
+                wake = wake.min(self.start + StdDuration::from_micros(t.as_micros()));
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
+            let left = wake.saturating_duration_since(StdInstant::now());
+            if left.is_zero() {
                 let now = self.now();
                 self.node.handle_timeout(now);
+                return Ok(());
             }
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => self.refused = true,
-            Err(e) => return Err(e.into()),
+            let timeout = Timespec::try_from(left.max(StdDuration::from_millis(1)))
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+            let mut fds = [PollFd::new(&self.socket, PollFlags::IN)];
+            match rustix::event::poll(&mut fds, Some(&timeout)) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(io::Error::from(e).into()),
+            }
+            self.take_arrived()?;
+        }
+        let now = self.now();
+        match self.received.pop_front() {
+            Some((mut datagram, len)) => {
+                let contact = self.contact;
+                self.node
+                    .handle_datagram(now, contact, &mut datagram[..len]);
+                self.spare.push(datagram);
+            }
+            None => self.node.handle_timeout(now),
         }
         Ok(())
     }
 
-    /// Takes the datagrams already waiting in the socket, up to a batch,
-    /// without blocking. A bulk read receives bursts: one wake-up then
-    /// serves the burst. They are fed to the node one per wait, since a
-    /// response's data lasts only until the node's next input.
-    fn take_arrived(&mut self) {
+    /// Takes the datagrams already waiting in the socket, without blocking,
+    /// until [`RX_BATCH`] wait. A bulk read receives bursts: one wake-up
+    /// then serves the burst. They are fed to the node one per wait, since
+    /// a response's data lasts only until the node's next input.
+    fn take_arrived(&mut self) -> Result<(), ClientError> {
         while self.received.len() < RX_BATCH {
-            let mut datagram = self.spare.pop().unwrap_or_else(|| vec![0; MAX_DATAGRAM]);
-            let flags = rustix::net::RecvFlags::DONTWAIT;
-            match rustix::net::recv(&self.socket, &mut datagram[..], flags) {
-                Ok((n, _)) => self.received.push_back((datagram, n)),
-                Err(_) => {
-                    self.spare.push(datagram);
-                    return;
+            let mut meta = [RecvMeta::default()];
+            let received = self.udp.recv(
+                (&self.socket).into(),
+                &mut [IoSliceMut::new(&mut self.rx)],
+                &mut meta,
+            );
+            match received {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    self.refused = true;
+                    return Ok(());
                 }
+                Err(e) => return Err(e.into()),
+            }
+            let m = &meta[0];
+            let (stride, len) = (m.stride.max(1), m.len.min(self.rx.len()));
+            for segment in self.rx[..len].chunks(stride) {
+                let mut datagram = self.spare.pop().unwrap_or_else(|| vec![0; MAX_DATAGRAM]);
+                // A segment is at most a datagram (the contact sends no
+                // larger): anything else is not ours to read.
+                let Some(into) = datagram.get_mut(..segment.len()) else {
+                    self.spare.push(datagram);
+                    continue;
+                };
+                into.copy_from_slice(segment);
+                self.received.push_back((datagram, segment.len()));
             }
         }
+        Ok(())
     }
 
     fn now(&self) -> Instant {
