@@ -25,7 +25,7 @@
 mod log;
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -246,8 +246,9 @@ pub struct DiskStore {
     /// Most bytes of chunks and records it takes, if limited.
     quota: Option<u64>,
     /// Chunks committed to the log whose index entries are not yet in
-    /// redb: reads look here before the database.
-    unindexed: Unindexed,
+    /// redb: reads look here before the database. Shared with the
+    /// committer while a checkpoint writes them into redb.
+    unindexed: Arc<Unindexed>,
     /// Most entries `unindexed` holds before a batch commits them.
     checkpoint_entries: usize,
     /// The next batch must commit a transaction: after a lost batch (the
@@ -256,7 +257,7 @@ pub struct DiskStore {
     must_checkpoint: bool,
     /// Chunks in `pending` that replaced an earlier committed version,
     /// whose location the batch frees.
-    replaced: std::collections::BTreeSet<Vec<u8>>,
+    replaced: BTreeSet<Vec<u8>>,
     /// `pending` holds compaction's rewrites, which commit a transaction.
     compaction_pending: bool,
 }
@@ -275,9 +276,21 @@ struct Inflight {
 /// Index entries of chunks a batch appends to the log.
 type Appended = Vec<(Vec<u8>, Loc)>;
 
+/// Chunk index entries a checkpoint writes into its transaction, on the
+/// committer thread (tens of milliseconds for 65,536 entries, which the
+/// node's thread does not wait for): every entry kept in memory but those
+/// of `skip`, the batch's own chunk writes, which are newer.
+struct Fold {
+    entries: Arc<Unindexed>,
+    skip: BTreeSet<Vec<u8>>,
+}
+
+/// A transaction to commit, and what to fold into it first.
+type Txn = (WriteTransaction, Option<Fold>);
+
 /// What the committer is given: the chunk bytes to write and sync, then
 /// the transaction to commit, if any.
-type Job = (u64, Appends, Option<WriteTransaction>);
+type Job = (u64, Appends, Option<Txn>);
 
 /// Called by the committer thread when a commit ends.
 type Waker = Arc<Mutex<Option<Box<dyn Fn() + Send>>>>;
@@ -328,11 +341,20 @@ impl Committer {
 
 /// Writes and syncs the chunk bytes, then commits the index that names
 /// them, if any (never the other way round: see [`log`]).
-fn commit(appends: &Appends, txn: Option<WriteTransaction>) -> Result<(), redb::Error> {
+fn commit(appends: &Appends, txn: Option<Txn>) -> Result<(), redb::Error> {
     appends.write_and_sync()?;
-    if let Some(txn) = txn {
-        txn.commit()?;
+    let Some((txn, fold)) = txn else {
+        return Ok(());
+    };
+    if let Some(fold) = fold {
+        let mut t = txn.open_table(table(Space::Chunks))?;
+        for (key, loc) in fold.entries.iter() {
+            if !fold.skip.contains(key) {
+                t.insert(key.as_slice(), ChunkEntry::Log(*loc).encode().as_slice())?;
+            }
+        }
     }
+    txn.commit()?;
     Ok(())
 }
 
@@ -365,7 +387,7 @@ impl DiskStore {
             db: Some(db),
             usage,
             quota: None,
-            unindexed: Unindexed::new(),
+            unindexed: Arc::default(),
             checkpoint_entries: CHECKPOINT_ENTRIES,
             must_checkpoint: false,
             replaced: Default::default(),
@@ -471,7 +493,7 @@ impl DiskStore {
         txn.delete_table(LEGACY_CHUNKS)?;
         drop(legacy);
         drop(read);
-        commit(&appends, Some(txn))
+        commit(&appends, Some((txn, None)))
     }
 
     /// Totals what the committed tables and `unindexed` hold, and counts
@@ -633,10 +655,11 @@ impl DiskStore {
                 self.snapshot.take();
             }
             match batch.appended {
-                Some(entries) => self.unindexed.extend(entries),
+                // Unshared: the job that held it has ended.
+                Some(entries) => Arc::make_mut(&mut self.unindexed).extend(entries),
                 None => {
                     self.snapshot.take();
-                    self.unindexed.clear();
+                    self.unindexed = Arc::default();
                     self.must_checkpoint = false;
                 }
             }
@@ -795,14 +818,15 @@ impl DiskStore {
     }
 
     /// Writes the batch into a fresh write transaction, for the committer.
-    /// With `checkpoint`, also every chunk index entry still only in
-    /// memory, the batch's chunks (their bytes into log appends), and the
-    /// end of the log as indexed; without, the batch's chunks are left
-    /// to [`DiskStore::prepare_appends`].
+    /// With `checkpoint`, also the batch's chunks (their bytes into log
+    /// appends) and the end of the log as indexed, and hands the committer
+    /// every chunk index entry still only in memory to write in too;
+    /// without, the batch's chunks are left to
+    /// [`DiskStore::prepare_appends`].
     fn prepare_batch(
         &mut self,
         checkpoint: bool,
-    ) -> Result<(WriteTransaction, Appends, LiveChange), redb::Error> {
+    ) -> Result<(Txn, Appends, LiveChange), redb::Error> {
         if self.db.is_none() {
             self.reopen();
         }
@@ -812,14 +836,6 @@ impl DiskStore {
         let txn = db.begin_write()?;
         let mut appends = Appends::default();
         let mut change = LiveChange::default();
-        if checkpoint && !self.unindexed.is_empty() {
-            // Their locations were counted live, and the ones they
-            // replaced freed, when their appends were committed.
-            let mut t = txn.open_table(table(Space::Chunks))?;
-            for (key, loc) in &self.unindexed {
-                t.insert(key.as_slice(), ChunkEntry::Log(*loc).encode().as_slice())?;
-            }
-        }
         for space in Space::ALL {
             let layer = &self.pending[space as usize];
             if layer.is_empty() || (space == Space::Chunks && !checkpoint) {
@@ -838,21 +854,42 @@ impl DiskStore {
                     (_, Some(v)) => t.insert(key.as_slice(), v.as_slice())?,
                     (_, None) => t.remove(key.as_slice())?,
                 };
-                if space == Space::Chunks
-                    && let Some(old) = old.as_ref()
+                if space != Space::Chunks {
+                    continue;
+                }
+                // An entry still in memory is the one this write replaces;
+                // redb's older one was freed when that entry's append was
+                // committed.
+                if let Some(&loc) = self.unindexed.get(key) {
+                    change.freed.push(loc);
+                } else if let Some(old) = old.as_ref()
                     && let Some(ChunkEntry::Log(loc)) = ChunkEntry::decode(old.value())
                 {
                     change.freed.push(loc);
                 }
             }
         }
+        let mut fold = None;
         if checkpoint {
             txn.open_table(CHUNK_LOG)?
                 .insert(INDEXED_TO, self.log.end().encode().as_slice())?;
             self.replaced.clear();
             self.compaction_pending = false;
+            if !self.unindexed.is_empty() {
+                // Their locations were counted live, and the ones they
+                // replaced freed, when their appends were committed.
+                let skip = self.pending[Space::Chunks as usize]
+                    .keys()
+                    .filter(|key| self.unindexed.contains_key(key.as_slice()))
+                    .cloned()
+                    .collect();
+                fold = Some(Fold {
+                    entries: self.unindexed.clone(),
+                    skip,
+                });
+            }
         }
-        Ok((txn, appends, change))
+        Ok(((txn, fold), appends, change))
     }
 }
 
@@ -862,7 +899,7 @@ impl DiskStore {
     /// (one already being committed lands or not, as the disk decides).
     fn abandon(mut self) {
         self.pending = Layer::default();
-        self.unindexed.clear();
+        self.unindexed = Arc::default();
         let _ = self.wait_inflight();
         self.committer.stop();
         self.snapshot.take();
@@ -1563,6 +1600,35 @@ mod tests {
         s.flush().unwrap();
         let live: u64 = s.log.live_bytes();
         assert_eq!(live, 2400);
+    }
+
+    #[test]
+    fn a_checkpoint_keeps_its_own_writes_over_the_entries_it_folds_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = DiskStore::open(dir.path()).unwrap();
+        s.put(Space::Chunks, b"k", &chunk(1, 3000)).unwrap();
+        s.put(Space::Chunks, b"gone", &chunk(2, 3000)).unwrap();
+        s.put(Space::Chunks, b"kept", &chunk(3, 3000)).unwrap();
+        s.flush().unwrap();
+        assert_eq!(s.unindexed.len(), 3);
+        // An inline value and a removal: a checkpoint, whose own writes
+        // are newer than the entries in memory it writes into redb.
+        s.put(Space::Chunks, b"k", &chunk(4, 100)).unwrap();
+        s.remove(Space::Chunks, b"gone").unwrap();
+        s.flush().unwrap();
+        assert!(s.unindexed.is_empty());
+        for reopened in [false, true] {
+            assert_eq!(read(&s, b"k"), Some(chunk(4, 100)), "reopened: {reopened}");
+            assert_eq!(read(&s, b"gone"), None, "reopened: {reopened}");
+            assert_eq!(
+                read(&s, b"kept"),
+                Some(chunk(3, 3000)),
+                "reopened: {reopened}"
+            );
+            assert_eq!(s.log.live_bytes(), 3000, "reopened: {reopened}");
+            s.abandon();
+            s = DiskStore::open(dir.path()).unwrap();
+        }
     }
 
     #[test]
