@@ -25,7 +25,7 @@ use std::time::Duration;
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny, sendmmsg};
 use shoal_core::Instant;
-use shoal_core::link::run::Run;
+use shoal_core::link::run::{self, Run};
 use shoal_core::member::MemberEvent;
 use shoal_core::node::{EVENTS, Event, MAX_MESSAGE, Node};
 use shoal_core::store::Storage;
@@ -254,26 +254,15 @@ impl<S: Storage> Driver<S> {
     async fn transmit(&mut self, now: Instant) {
         loop {
             self.runs.clear();
-            let max_segments = self.udp.max_gso_segments().max(1);
-            let mut at = 0;
-            let mut n = 0;
-            while n < TX_BATCH {
-                let Some(t) = self
-                    .node
-                    .poll_transmit(now, &mut self.tx[at..at + MAX_DATAGRAM])
-                else {
-                    break;
-                };
-                n += 1;
-                let joined = self
-                    .runs
-                    .last_mut()
-                    .is_some_and(|r| r.extend(t.dst, t.len, max_segments));
-                if !joined {
-                    self.runs.push(Run::new(t.dst, at, t.len));
-                }
-                at += t.len;
-            }
+            let (node, runs) = (&mut self.node, &mut self.runs);
+            let n = run::gather(
+                &mut self.tx,
+                MAX_DATAGRAM,
+                TX_BATCH,
+                self.udp.max_gso_segments().max(1),
+                |buf| node.poll_transmit(now, buf).map(|t| (t.dst, t.len)),
+                |run| runs.push(run),
+            );
             // Runs of several datagrams go one per call (GSO); single
             // datagrams between them, many per call (`sendmmsg`).
             let mut i = 0;

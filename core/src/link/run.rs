@@ -70,6 +70,50 @@ impl Run {
     }
 }
 
+/// Fills `buf` with up to `max` datagrams from `next`, back to back, and
+/// groups them into runs, handed to `push` in order. `next` writes a
+/// datagram into the slice it is given (`room` bytes, at least a
+/// datagram's) and returns where it goes and its length, `None` when there
+/// is none; a length of 0 drops it. Returns how many `next` gave, dropped
+/// ones included: fewer than `max` means the source ran dry.
+pub fn gather(
+    buf: &mut [u8],
+    room: usize,
+    max: usize,
+    max_segments: usize,
+    mut next: impl FnMut(&mut [u8]) -> Option<(SocketAddr, usize)>,
+    mut push: impl FnMut(Run),
+) -> usize {
+    let mut run: Option<Run> = None;
+    let (mut at, mut n) = (0, 0);
+    while n < max {
+        let Some(slot) = buf.get_mut(at..at + room) else {
+            break;
+        };
+        let Some((dst, len)) = next(slot) else {
+            break;
+        };
+        n += 1;
+        if len == 0 {
+            continue;
+        }
+        let joined = run
+            .as_mut()
+            .is_some_and(|r| r.extend(dst, len, max_segments));
+        if !joined {
+            // The run before, if any, is complete.
+            run.replace(Run::new(dst, at, len))
+                .into_iter()
+                .for_each(&mut push);
+        }
+        at += len;
+    }
+    if let Some(done) = run {
+        push(done);
+    }
+    n
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +148,61 @@ mod tests {
         let mut r = Run::new(addr(1), 0, 1200);
         assert!(r.extend(addr(1), 1200, 2));
         assert!(!r.extend(addr(1), 1200, 2), "bounded by segments");
+    }
+
+    #[test]
+    fn gather_packs_datagrams_back_to_back_into_runs() {
+        // (peer, length): a run of three to 1, a small one, one dropped
+        // (length 0), then two to 2.
+        let out = [
+            (1, 1100),
+            (1, 1100),
+            (1, 700),
+            (1, 40),
+            (3, 0),
+            (2, 1100),
+            (2, 1100),
+        ];
+        let mut given = out.iter();
+        let mut buf = [0u8; 8 * 1500];
+        let mut runs = [Run::new(addr(0), 0, 0); 8];
+        let mut count = 0;
+        let n = gather(
+            &mut buf,
+            1500,
+            16,
+            64,
+            |slot| {
+                let &(peer, len) = given.next()?;
+                slot[..len].fill(peer as u8);
+                Some((addr(peer), len))
+            },
+            |run| {
+                runs[count] = run;
+                count += 1;
+            },
+        );
+        assert_eq!(n, out.len(), "every datagram taken, the dropped one too");
+        let got: [(u16, usize, usize, usize); 3] = core::array::from_fn(|i| {
+            let r = runs[i];
+            (r.dst.port(), r.start, r.end, r.count)
+        });
+        assert_eq!(count, 3);
+        assert_eq!(
+            got,
+            [(1, 0, 2900, 3), (1, 2900, 2940, 1), (2, 2940, 5140, 2)]
+        );
+        assert!(buf[2940..5140].iter().all(|&b| b == 2), "back to back");
+        // At most `max`, and no further.
+        let mut left = 0;
+        let n = gather(
+            &mut buf,
+            1500,
+            2,
+            64,
+            |_| Some((addr(1), 1100)),
+            |_| left += 1,
+        );
+        assert_eq!((n, left), (2, 1));
     }
 }

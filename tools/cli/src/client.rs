@@ -28,7 +28,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use rustix::event::{PollFd, PollFlags, Timespec};
-use shoal_core::link::run::Run;
+use shoal_core::link::run::{self, Run};
 use std::time::{Duration as StdDuration, Instant as StdInstant, SystemTime, UNIX_EPOCH};
 
 use shoal_core::link::LinkConfig;
@@ -652,28 +652,20 @@ impl Client {
     fn flush(&mut self) -> Result<(), ClientError> {
         loop {
             let now = self.now();
-            let max_segments = self.udp.max_gso_segments().max(1);
             self.runs.clear();
-            let (mut at, mut n) = (0, 0);
-            while n < TX_BATCH {
-                let buf = &mut self.tx[at..at + MAX_DATAGRAM];
-                let Some(t) = self.node.poll_transmit(now, buf) else {
-                    break;
-                };
-                n += 1;
-                if t.dst != self.contact {
+            let (node, runs, contact) = (&mut self.node, &mut self.runs, self.contact);
+            let n = run::gather(
+                &mut self.tx,
+                MAX_DATAGRAM,
+                TX_BATCH,
+                self.udp.max_gso_segments().max(1),
+                |buf| {
+                    let t = node.poll_transmit(now, buf)?;
                     // A client talks to its contact only.
-                    continue;
-                }
-                let joined = self
-                    .runs
-                    .last_mut()
-                    .is_some_and(|r| r.extend(t.dst, t.len, max_segments));
-                if !joined {
-                    self.runs.push(Run::new(t.dst, at, t.len));
-                }
-                at += t.len;
-            }
+                    Some((t.dst, if t.dst == contact { t.len } else { 0 }))
+                },
+                |run| runs.push(run),
+            );
             for run in &self.runs {
                 let transmit = Transmit {
                     destination: run.dst,
