@@ -268,9 +268,12 @@ struct Inflight {
     layer: Layer,
     /// What it changes in the chunk log's live bytes, once committed.
     change: LiveChange,
-    /// For a batch of appends only (no transaction), the index entries its
-    /// commit makes durable; `None` for a batch with a transaction.
+    /// For a batch that keeps its chunks' index entries in memory, those
+    /// entries; `None` for a checkpoint.
     appended: Option<Appended>,
+    /// It commits a redb transaction (a checkpoint, or writes to other
+    /// spaces).
+    transaction: bool,
 }
 
 /// Index entries of chunks a batch appends to the log.
@@ -646,19 +649,13 @@ impl DiskStore {
         if let Some(batch) = batch {
             // Reads must see what this commit made durable, as the batch
             // they looked through goes.
-            if batch
-                .layer
-                .iter()
-                .enumerate()
-                .any(|(i, l)| i != Space::Chunks as usize && !l.is_empty())
-            {
+            if batch.transaction {
                 self.snapshot.take();
             }
             match batch.appended {
                 // Unshared: the job that held it has ended.
                 Some(entries) => Arc::make_mut(&mut self.unindexed).extend(entries),
                 None => {
-                    self.snapshot.take();
                     self.unindexed = Arc::default();
                     self.must_checkpoint = false;
                 }
@@ -805,16 +802,13 @@ impl DiskStore {
     /// Where redb's index puts the chunk under `key`, if in the log. A
     /// failed lookup only leaves its bytes counted live until the next open.
     fn committed_loc(&self, key: &[u8]) -> Option<Loc> {
-        let entry = self.with_snapshot(Space::Chunks, |t| {
-            let value = t.get(key).map_err(store_error)?;
-            Ok(value.and_then(|v| {
-                ChunkEntry::decode(v.value()).map(|e| match e {
-                    ChunkEntry::Log(loc) => Some(loc),
-                    ChunkEntry::Inline(_) => None,
-                })
-            }))
+        let loc = self.committed(Space::Chunks, key, |v| {
+            Ok(match v.map(chunk_entry_of).transpose()? {
+                Some(ChunkEntry::Log(loc)) => Some(loc),
+                _ => None,
+            })
         });
-        entry.ok().flatten().flatten()
+        loc.ok().flatten()
     }
 
     /// Writes the batch into a fresh write transaction, for the committer.
@@ -1084,9 +1078,10 @@ impl Storage for DiskStore {
             // if any, go into a transaction.
             self.prepare_appends().map_err(redb::Error::from).and_then(
                 |(appends, change, entries)| {
-                    let txn = match others {
-                        true => Some(self.prepare_batch(false)?.0),
-                        false => None,
+                    let txn = if others {
+                        Some(self.prepare_batch(false)?.0)
+                    } else {
+                        None
                     };
                     Ok((txn, appends, change, Some(entries)))
                 },
@@ -1106,6 +1101,7 @@ impl Storage for DiskStore {
             layer: std::mem::take(&mut self.pending),
             change,
             appended,
+            transaction: txn.is_some(),
         });
         let sent = match &self.committer.jobs {
             Some(jobs) => jobs.send((ticket, appends, txn)).map_err(|e| e.0),

@@ -2,13 +2,13 @@
 //! index the store keeps in redb and, for the newest appends, in memory.
 //!
 //! A chunk is written once, sequentially, into the active segment
-//! `DIR/chunks/NNNNNNNN.log`, as a record: a header (a magic byte, the key's
-//! length, the value's length, a CRC-32 of key and value), the key, the
-//! value. redb holds only its [`Loc`] (16 bytes, and a tag, under the
-//! chunk's key; chunks under 2 KiB stay in redb whole). Inserting 2 KiB
-//! values under random keys straight into redb's B-tree rewrote about five
-//! 4 KiB pages per chunk at every commit; an append writes each byte about
-//! once.
+//! `DIR/chunks/NNNNNNNN.log`, as a record: a header (a magic byte, the
+//! key's length, the value's length, a CRC-32 of those, the key and the
+//! value), the key, the value. redb holds only its [`Loc`] (16 bytes, and a
+//! tag, under the chunk's key; chunks under 2 KiB stay in redb whole).
+//! Inserting 2 KiB values under random keys straight into redb's B-tree
+//! rewrote about five 4 KiB pages per chunk at every commit; an append
+//! writes each byte about once.
 //!
 //! **The log is the index's journal.** A batch of chunk appends only is
 //! durable once its segments are synced: its index entries stay in memory,
