@@ -315,8 +315,8 @@ impl Committer {
         let thread = std::thread::Builder::new()
             .name("shoal-store".into())
             .spawn(move || {
-                for (ticket, appends, txn) in inbox {
-                    let result = commit(&appends, txn);
+                for (ticket, mut appends, txn) in inbox {
+                    let result = commit(&mut appends, txn);
                     if outbox.send((ticket, result)).is_err() {
                         return;
                     }
@@ -344,7 +344,7 @@ impl Committer {
 
 /// Writes and syncs the chunk bytes, then commits the index that names
 /// them, if any (never the other way round: see [`log`]).
-fn commit(appends: &Appends, txn: Option<Txn>) -> Result<(), redb::Error> {
+fn commit(appends: &mut Appends, txn: Option<Txn>) -> Result<(), redb::Error> {
     appends.write_and_sync()?;
     let Some((txn, fold)) = txn else {
         return Ok(());
@@ -365,6 +365,11 @@ impl DiskStore {
     /// Opens the store in `dir`, creating the folder and the database when
     /// missing. Fails with [`OpenError::Locked`] while another process has it.
     pub fn open(dir: &Path) -> Result<DiskStore, OpenError> {
+        Self::open_in(dir, log::SEGMENT_BYTES)
+    }
+
+    /// [`DiskStore::open`], with chunk log segments of `segment_bytes`.
+    fn open_in(dir: &Path, segment_bytes: u64) -> Result<DiskStore, OpenError> {
         let io_error = |source| OpenError::Io {
             dir: dir.to_owned(),
             source,
@@ -375,7 +380,7 @@ impl DiskStore {
         std::fs::create_dir_all(dir).map_err(io_error)?;
         let path = dir.join(FILE_NAME);
         let db = Self::open_file(&path).map_err(|e| OpenError::of(dir, e))?;
-        let mut log = ChunkLog::open(dir).map_err(io_error)?;
+        let mut log = ChunkLog::open(dir, segment_bytes).map_err(io_error)?;
         let usage = Self::prepare(&db, &mut log).map_err(|e| OpenError::of(dir, e))?;
         log.reclaim().map_err(io_error)?;
         Ok(DiskStore {
@@ -439,7 +444,7 @@ impl DiskStore {
     /// batch of appends only, committed before a crash), then moves that
     /// position to the end of the log, past any torn record, so later
     /// appends are never behind one.
-    fn recover(db: &Database, log: &ChunkLog) -> Result<(), redb::Error> {
+    fn recover(db: &Database, log: &mut ChunkLog) -> Result<(), redb::Error> {
         let txn = db.begin_write()?;
         {
             let mut marks = txn.open_table(CHUNK_LOG)?;
@@ -496,7 +501,7 @@ impl DiskStore {
         txn.delete_table(LEGACY_CHUNKS)?;
         drop(legacy);
         drop(read);
-        commit(&appends, Some((txn, None)))
+        commit(&mut appends, Some((txn, None)))
     }
 
     /// Totals what the committed tables and `unindexed` hold, and counts
@@ -536,8 +541,8 @@ impl DiskStore {
         Ok(usage)
     }
 
-    /// Bytes the chunk log's segments take on disk, live or not (at most
-    /// about twice the live chunk bytes, plus one segment: see [`log`]).
+    /// Bytes the chunk log's files take on disk, live or not (at most about
+    /// twice the live chunk bytes, plus two segments: see [`log`]).
     pub fn chunk_log_bytes(&self) -> u64 {
         self.log.disk_bytes()
     }
@@ -1110,8 +1115,8 @@ impl Storage for DiskStore {
         match sent {
             Ok(()) => FlushBegun::Running(ticket),
             // No committer thread (it panicked): commit here.
-            Err((_, appends, txn)) => {
-                let result = commit(&appends, txn);
+            Err((_, mut appends, txn)) => {
+                let result = commit(&mut appends, txn);
                 FlushBegun::Done(self.ended(ticket, result))
             }
         }
@@ -1210,11 +1215,19 @@ pub fn store_error(e: impl Into<redb::Error>) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::FileExt;
+
+    /// Segments of 1 MiB: a store the tests open prepares a spare of that.
+    const TEST_SEGMENT: u64 = 1 << 20;
+
+    fn open(dir: &Path) -> Result<DiskStore, OpenError> {
+        DiskStore::open_in(dir, TEST_SEGMENT)
+    }
 
     #[test]
     fn a_quota_refuses_like_a_full_disk_and_keeps_what_was_there() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = DiskStore::open(dir.path()).unwrap();
+        let mut s = open(dir.path()).unwrap();
         s.set_quota(Some(100));
         s.put(Space::Chunks, b"a", &[1; 60]).unwrap();
         assert_eq!(s.put(Space::Chunks, b"b", &[2; 60]), Err(StoreError::Full));
@@ -1235,7 +1248,7 @@ mod tests {
     #[test]
     fn put_get_remove_and_usage() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = DiskStore::open(dir.path()).unwrap();
+        let mut s = open(dir.path()).unwrap();
         let mut out = [0u8; 16];
         assert_eq!(s.get(Space::Records, b"a", &mut out), Ok(None));
         s.put(Space::Records, b"a", b"one").unwrap();
@@ -1256,7 +1269,7 @@ mod tests {
         assert_eq!(s.usage().entries, 1);
         s.close().unwrap();
 
-        let s = DiskStore::open(dir.path()).unwrap();
+        let s = open(dir.path()).unwrap();
         assert_eq!(s.get(Space::Chunks, b"a", &mut out), Ok(Some(3)));
         assert_eq!(&out[..3], b"two");
         assert_eq!(
@@ -1272,7 +1285,7 @@ mod tests {
     #[test]
     fn insert_says_whether_the_key_was_there_in_every_layer() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = DiskStore::open(dir.path()).unwrap();
+        let mut s = open(dir.path()).unwrap();
         let big = vec![7u8; 4096]; // held in the chunk log, not inline
         assert_eq!(s.insert(Space::Chunks, b"log", &big), Ok(false));
         assert_eq!(s.insert(Space::Chunks, b"inline", b"small"), Ok(false));
@@ -1314,7 +1327,7 @@ mod tests {
     #[test]
     fn next_key_walks_a_prefix_in_order_over_flushed_and_unflushed_writes() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = DiskStore::open(dir.path()).unwrap();
+        let mut s = open(dir.path()).unwrap();
         for k in [&b"d/b"[..], b"d/d", b"c", b"e"] {
             s.put(Space::Records, k, b"v").unwrap();
         }
@@ -1346,7 +1359,7 @@ mod tests {
         s.flush().unwrap();
         assert_eq!(walk(&s, Space::Records, b"", None), all);
         s.close().unwrap();
-        let s = DiskStore::open(dir.path()).unwrap();
+        let s = open(dir.path()).unwrap();
         assert_eq!(walk(&s, Space::Records, b"", None), all);
     }
 
@@ -1354,7 +1367,7 @@ mod tests {
     fn flushed_writes_survive_a_reopen_and_unflushed_ones_need_not() {
         let dir = tempfile::tempdir().unwrap();
         let mut out = [0u8; 16];
-        let mut s = DiskStore::open(dir.path()).unwrap();
+        let mut s = open(dir.path()).unwrap();
         s.put(Space::Records, b"a", b"one").unwrap();
         s.put(Space::Records, b"b", b"two").unwrap();
         s.put(Space::Local, b"c", b"three").unwrap();
@@ -1369,7 +1382,7 @@ mod tests {
         s.abandon();
 
         // Only the flushed state came back.
-        let mut s = DiskStore::open(dir.path()).unwrap();
+        let mut s = open(dir.path()).unwrap();
         assert_eq!(s.get(Space::Records, b"a", &mut out), Ok(Some(3)));
         assert_eq!(&out[..3], b"one");
         assert_eq!(s.get(Space::Records, b"b", &mut out), Ok(Some(3)));
@@ -1389,7 +1402,7 @@ mod tests {
         assert_eq!(s.remove(Space::Records, b"a"), Ok(true));
         s.flush().unwrap();
         s.abandon();
-        let s = DiskStore::open(dir.path()).unwrap();
+        let s = open(dir.path()).unwrap();
         assert_eq!(s.get(Space::Records, b"a", &mut out), Ok(None));
         assert_eq!(s.get(Space::Records, b"b", &mut out), Ok(Some(3)));
         assert_eq!(s.usage().entries, 2);
@@ -1398,7 +1411,7 @@ mod tests {
     #[test]
     fn a_background_flush_is_seen_at_once_and_durable_when_it_ends() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = DiskStore::open(dir.path()).unwrap();
+        let mut s = open(dir.path()).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         s.on_flushed(move || {
             let _ = tx.send(());
@@ -1432,7 +1445,7 @@ mod tests {
         assert_eq!(s.flush_poll(), None);
         s.abandon();
         // Batch 1 survived; batch 2 was never flushed.
-        let s = DiskStore::open(dir.path()).unwrap();
+        let s = open(dir.path()).unwrap();
         assert_eq!(walk(&s, Space::Records, b"", None), keys(&[b"b", b"c"]));
     }
 
@@ -1443,9 +1456,8 @@ mod tests {
     #[test]
     fn removed_chunks_space_is_reclaimed_and_live_ones_survive_compaction() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = DiskStore::open(dir.path()).unwrap();
         const SEGMENT: u64 = 64 << 10;
-        s.log.set_segment_bytes(SEGMENT);
+        let mut s = DiskStore::open_in(dir.path(), SEGMENT).unwrap();
         let value = |i: u32| -> Vec<u8> {
             let mut v = vec![(i % 251) as u8; 2048];
             v[..4].copy_from_slice(&i.to_le_bytes());
@@ -1478,11 +1490,12 @@ mod tests {
         let live = 160 * 2048;
         let on_disk = s.chunk_log_bytes();
         assert!(
-            on_disk <= 2 * live + SEGMENT,
+            on_disk <= 2 * live + 2 * SEGMENT,
             "{on_disk} bytes on disk for {live} live (was {full})"
         );
         let files = std::fs::read_dir(dir.path().join(log::DIR_NAME))
             .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension() == Some("log".as_ref()))
             .count();
         assert_eq!(
             files,
@@ -1504,7 +1517,7 @@ mod tests {
         };
         check(&s);
         s.close().unwrap();
-        let s = DiskStore::open(dir.path()).unwrap();
+        let s = open(dir.path()).unwrap();
         check(&s);
     }
 
@@ -1524,7 +1537,7 @@ mod tests {
     #[test]
     fn chunk_appends_commit_no_transaction_and_come_back_by_replay() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = DiskStore::open(dir.path()).unwrap();
+        let mut s = open(dir.path()).unwrap();
         s.put(Space::Chunks, b"a", &chunk(1, 3000)).unwrap();
         s.put(Space::Chunks, b"b", &chunk(2, 2048)).unwrap();
         s.flush().unwrap();
@@ -1550,7 +1563,7 @@ mod tests {
         assert_eq!(keys, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
         s.abandon(); // a crash: the entries in memory are gone
 
-        let mut s = DiskStore::open(dir.path()).unwrap();
+        let mut s = open(dir.path()).unwrap();
         assert!(s.unindexed.is_empty(), "open indexes what it replays");
         assert_eq!(read(&s, b"a"), Some(chunk(1, 3000)));
         assert_eq!(read(&s, b"b"), Some(chunk(2, 2048)));
@@ -1567,7 +1580,7 @@ mod tests {
         s.flush().unwrap();
         assert!(s.unindexed.is_empty());
         s.abandon();
-        let s = DiskStore::open(dir.path()).unwrap();
+        let s = open(dir.path()).unwrap();
         assert_eq!(read(&s, b"a"), None);
         assert_eq!(read(&s, b"d"), None);
         assert_eq!(read(&s, b"c"), Some(chunk(3, 4096)));
@@ -1577,7 +1590,7 @@ mod tests {
     #[test]
     fn the_newest_value_wins_across_appends_transactions_and_replay() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = DiskStore::open(dir.path()).unwrap();
+        let mut s = open(dir.path()).unwrap();
         for (round, value) in [
             chunk(1, 3000),
             chunk(2, 2100), // replaces an entry in memory
@@ -1591,7 +1604,7 @@ mod tests {
             s.flush().unwrap();
             assert_eq!(read(&s, b"k").as_ref(), Some(&value), "round {round}");
             s.abandon();
-            s = DiskStore::open(dir.path()).unwrap();
+            s = open(dir.path()).unwrap();
             assert_eq!(read(&s, b"k"), Some(value), "round {round}, reopened");
             assert_eq!(s.usage().entries, 1);
         }
@@ -1607,7 +1620,7 @@ mod tests {
     #[test]
     fn a_checkpoint_keeps_its_own_writes_over_the_entries_it_folds_in() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = DiskStore::open(dir.path()).unwrap();
+        let mut s = open(dir.path()).unwrap();
         s.put(Space::Chunks, b"k", &chunk(1, 3000)).unwrap();
         s.put(Space::Chunks, b"gone", &chunk(2, 3000)).unwrap();
         s.put(Space::Chunks, b"kept", &chunk(3, 3000)).unwrap();
@@ -1629,14 +1642,14 @@ mod tests {
             );
             assert_eq!(s.log.live_bytes(), 3000, "reopened: {reopened}");
             s.abandon();
-            s = DiskStore::open(dir.path()).unwrap();
+            s = open(dir.path()).unwrap();
         }
     }
 
     #[test]
     fn entries_in_memory_reach_the_index_at_the_checkpoint_size_and_at_close() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = DiskStore::open(dir.path()).unwrap();
+        let mut s = open(dir.path()).unwrap();
         s.checkpoint_entries = 4;
         for k in 0..3u8 {
             s.put(Space::Chunks, &[k], &chunk(k, 2048)).unwrap();
@@ -1664,41 +1677,138 @@ mod tests {
         let marks = txn.open_table(CHUNK_LOG).unwrap();
         let indexed = Position::decode(marks.get(INDEXED_TO).unwrap().unwrap().value()).unwrap();
         drop((marks, index, txn, db));
-        let log = ChunkLog::open(dir.path()).unwrap();
+        let mut log = ChunkLog::open(dir.path(), TEST_SEGMENT).unwrap();
+        let mut replayed = 0;
+        log.replay(indexed, |_, _| replayed += 1).unwrap();
+        assert_eq!(replayed, 0);
         assert_eq!(indexed, log.end());
+    }
+
+    /// The segment file of `n` in the store in `dir`.
+    fn segment_path(dir: &Path, n: u32) -> PathBuf {
+        dir.join(log::DIR_NAME).join(format!("{n:08}.log"))
+    }
+
+    /// Where the chunk log's records end in `segment`: the first zero
+    /// byte after `from` that starts no record (records start with 0xc5).
+    fn records_end(segment: &Path) -> u64 {
+        let bytes = std::fs::read(segment).unwrap();
+        let mut at = 0;
+        while at < bytes.len() && bytes[at] != 0 {
+            let value_len = u32::from_le_bytes(bytes[at + 2..at + 6].try_into().unwrap());
+            at += log::HEADER_LEN + usize::from(bytes[at + 1]) + value_len as usize;
+        }
+        at as u64
     }
 
     #[test]
     fn appends_after_a_torn_record_survive_the_next_crash() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = DiskStore::open(dir.path()).unwrap();
+        let mut s = open(dir.path()).unwrap();
         s.put(Space::Chunks, b"a", &chunk(1, 3000)).unwrap();
         s.flush().unwrap();
         s.abandon();
-        // A crash mid-append left half a record at the end of the log.
-        let segment = dir.path().join(log::DIR_NAME).join("00000001.log");
-        let mut torn = std::fs::read(&segment).unwrap();
-        torn.truncate(torn.len() / 2);
-        let mut file = std::fs::OpenOptions::new()
-            .append(true)
+        // A crash mid-append left half a record after the last one.
+        let segment = segment_path(dir.path(), 1);
+        let end = records_end(&segment);
+        let record = std::fs::read(&segment).unwrap()[..end as usize].to_vec();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
             .open(&segment)
             .unwrap();
-        std::io::Write::write_all(&mut file, &torn).unwrap();
+        file.write_all_at(&record[..record.len() / 2], end).unwrap();
         drop(file);
 
-        let mut s = DiskStore::open(dir.path()).unwrap();
+        let mut s = open(dir.path()).unwrap();
         assert_eq!(read(&s, b"a"), Some(chunk(1, 3000)));
         s.put(Space::Chunks, b"b", &chunk(2, 3000)).unwrap();
         s.flush().unwrap();
         assert_eq!(s.unindexed.len(), 1, "appended after the torn record");
         s.abandon();
-        let s = DiskStore::open(dir.path()).unwrap();
+        let s = open(dir.path()).unwrap();
         assert_eq!(read(&s, b"a"), Some(chunk(1, 3000)));
         assert_eq!(
             read(&s, b"b"),
             Some(chunk(2, 3000)),
             "replay starts past the torn record"
         );
+    }
+
+    /// Appends go into a spare prepared at full size; after a crash the
+    /// replay finds where its records end (not the file's end), and later
+    /// appends continue there, in the same segment.
+    #[test]
+    fn appends_fill_a_prepared_segment_across_crashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path()).unwrap();
+        assert!(s.log.wait_for_spare(), "a spare is prepared at open");
+        s.put(Space::Chunks, b"a", &chunk(1, 3000)).unwrap();
+        s.flush().unwrap();
+        let segment = segment_path(dir.path(), 1);
+        assert_eq!(
+            std::fs::metadata(&segment).unwrap().len(),
+            TEST_SEGMENT,
+            "segment 1 is the spare, at its full size"
+        );
+        s.abandon();
+        for round in 2..6u8 {
+            let mut s = open(dir.path()).unwrap();
+            for k in 1..round {
+                assert_eq!(
+                    read(&s, &[b'a' + k - 1]),
+                    Some(chunk(k, 3000)),
+                    "round {round}"
+                );
+            }
+            s.put(Space::Chunks, &[b'a' + round - 1], &chunk(round, 3000))
+                .unwrap();
+            s.flush().unwrap();
+            s.abandon();
+        }
+        let files: Vec<_> = std::fs::read_dir(dir.path().join(log::DIR_NAME))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".log"))
+            .collect();
+        assert_eq!(files, ["00000001.log"], "every append went to segment 1");
+        let record = (log::HEADER_LEN + 1 + 3000) as u64;
+        assert_eq!(records_end(&segment), 5 * record);
+    }
+
+    /// A crash can leave a batch's records intact behind one it cut short.
+    /// They were never acknowledged, and later appends must never be
+    /// followed by them: a replay would take them for newer writes.
+    #[test]
+    fn records_a_crash_left_behind_a_torn_one_never_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path()).unwrap();
+        s.log.wait_for_spare();
+        s.put(Space::Chunks, b"a", &chunk(1, 3000)).unwrap();
+        s.flush().unwrap();
+        // The batch the crash cuts: x, damaged below, then y, intact.
+        s.put(Space::Chunks, b"x", &chunk(2, 3000)).unwrap();
+        s.put(Space::Chunks, b"y", &chunk(3, 3000)).unwrap();
+        s.flush().unwrap();
+        s.abandon();
+        let segment = segment_path(dir.path(), 1);
+        let record = (log::HEADER_LEN + 1 + 3000) as u64;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&segment)
+            .unwrap();
+        file.write_all_at(&[0xff], record + 100).unwrap();
+        drop(file);
+
+        let mut s = open(dir.path()).unwrap();
+        assert_eq!(read(&s, b"a"), Some(chunk(1, 3000)));
+        assert_eq!(read(&s, b"y"), None, "the replay stops at the torn record");
+        // A new y, the same size as x: where x was, it would sit right
+        // before the old y.
+        s.put(Space::Chunks, b"y", &chunk(4, 3000)).unwrap();
+        s.flush().unwrap();
+        s.abandon();
+        let s = open(dir.path()).unwrap();
+        assert_eq!(read(&s, b"y"), Some(chunk(4, 3000)), "the newest y");
     }
 
     /// One step of the model test below.
@@ -1741,8 +1851,7 @@ mod tests {
     /// Opens the store with small segments and checkpoints, so a few steps
     /// roll segments over, compact them and checkpoint.
     fn open_small(dir: &Path) -> DiskStore {
-        let mut s = DiskStore::open(dir).unwrap();
-        s.log.set_segment_bytes(12 * 1024);
+        let mut s = DiskStore::open_in(dir, 12 * 1024).unwrap();
         s.checkpoint_entries = 3;
         s
     }
@@ -1847,7 +1956,7 @@ mod tests {
             }
             txn.commit().unwrap();
         }
-        let s = DiskStore::open(dir.path()).unwrap();
+        let s = open(dir.path()).unwrap();
         let mut out = [0u8; 4096];
         assert_eq!(s.get(Space::Chunks, b"old-a", &mut out), Ok(Some(3000)));
         assert_eq!(out[..3000], [1u8; 3000]);
@@ -1856,7 +1965,7 @@ mod tests {
         assert_eq!(s.usage().entries, 2);
         let record = log::HEADER_LEN + b"old-a".len();
         assert_eq!(
-            s.chunk_log_bytes(),
+            s.log.appended_bytes(),
             (record + 3000) as u64,
             "the small chunk stays inline"
         );
@@ -1872,7 +1981,7 @@ mod tests {
     #[test]
     fn flush_without_changes_and_drop_flushes() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = DiskStore::open(dir.path()).unwrap();
+        let mut s = open(dir.path()).unwrap();
         s.flush().unwrap();
         // A removal that finds nothing opens a transaction that changed
         // nothing; the flush lets it go.
@@ -1881,15 +1990,15 @@ mod tests {
         assert_eq!(s.usage(), Usage::default());
         s.put(Space::Records, b"k", b"v").unwrap();
         drop(s);
-        let s = DiskStore::open(dir.path()).unwrap();
+        let s = open(dir.path()).unwrap();
         assert_eq!(s.get(Space::Records, b"k", &mut [0u8; 1]), Ok(Some(1)));
     }
 
     #[test]
     fn second_open_is_refused_while_the_first_holds_the_lock() {
         let dir = tempfile::tempdir().unwrap();
-        let first = DiskStore::open(dir.path()).unwrap();
-        let e = DiskStore::open(dir.path()).err().unwrap();
+        let first = open(dir.path()).unwrap();
+        let e = open(dir.path()).err().unwrap();
         assert!(matches!(e, OpenError::Locked(_)));
         assert_eq!(
             e.to_string(),
@@ -1899,7 +2008,7 @@ mod tests {
             )
         );
         drop(first);
-        DiskStore::open(dir.path()).unwrap();
+        open(dir.path()).unwrap();
     }
 
     #[test]

@@ -23,13 +23,31 @@
 //! that are not on disk. A crash between the two leaves records the replay
 //! indexes at the next open.
 //!
+//! **Prepared segments.** A segment is written into a file that already
+//! has its full size, its blocks allocated and zeroed, and all of that
+//! synced: a background thread prepares the next one (`DIR/chunks/spare`)
+//! while the active one fills. An append then changes no file metadata, so
+//! the sync that makes a batch durable writes the batch's bytes and
+//! nothing else (on ext4 an `fdatasync` after an append to a growing file
+//! also writes the inode, and takes about twice as long). A segment's
+//! records therefore end before its file does, in zeros: after a crash,
+//! [`ChunkLog::replay`] finds where the active segment's records end, and
+//! appends go on from there. When the bytes after them are not all zeros
+//! (a batch the crash cut short), they might hold records of that batch,
+//! intact but never acknowledged, that a later replay would take for new
+//! ones: appends then go to a fresh segment instead. When the disk has too
+//! little room for a spare (less than two segments free), or preparing one
+//! fails, the next segment is an empty file that grows as it is appended
+//! to, as a segment of an earlier store is.
+//!
 //! **Space.** The store counts, per segment, the bytes its index entries
 //! name (`live`) beside the segment's length. A segment that is not the
 //! active one and holds no live bytes is deleted; one whose live bytes fell
 //! below half its length is compacted: the store writes its live chunks
 //! again (they land in the active segment) and the segment, empty once that
 //! commit lands, is deleted after it. So the chunk log takes at most about
-//! twice the live chunk bytes, plus one segment.
+//! twice the live chunk bytes, plus two segments: the active one, whose
+//! file has its full size from the start, and the spare.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
@@ -43,6 +61,19 @@ pub const DIR_NAME: &str = "chunks";
 
 /// A segment is sealed, and the next one started, once it reaches this size.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
+
+/// The prepared segment waiting to become the next active one.
+const SPARE_NAME: &str = "spare";
+
+/// A spare is written and synced this many bytes at a time.
+const PREPARE_PIECE: usize = 512 << 10;
+
+/// The page size appends are padded to, and a spare's size a multiple of
+/// (as direct I/O needs).
+const PAGE: u64 = 4096;
+
+/// A spare being prepared; renamed to [`SPARE_NAME`] once whole and synced.
+const SPARE_TMP: &str = "spare.tmp";
 
 /// The first byte of every record.
 const RECORD_MAGIC: u8 = 0xc5;
@@ -153,10 +184,25 @@ impl Loc {
 
 struct Segment {
     file: Arc<File>,
-    /// Bytes appended so far, committed or not.
+    /// Bytes appended so far, committed or not. For a prepared segment
+    /// opened again, its file's length until [`ChunkLog::replay`] finds
+    /// where its records end.
     len: u64,
     /// Bytes the committed index names.
     live: u64,
+    /// The file's length when it was opened or started (a prepared
+    /// segment's is its full size).
+    size: u64,
+}
+
+/// The next segment's file, prepared ahead.
+enum Spare {
+    /// None on disk: none prepared yet, or no room for one.
+    Missing,
+    /// Being written by a background thread, which says whether it made one.
+    Preparing(std::thread::JoinHandle<io::Result<bool>>),
+    /// `DIR/chunks/spare`, whole and synced.
+    Ready,
 }
 
 /// One batch's appends, written by the committer before the index commit.
@@ -167,9 +213,15 @@ pub struct Appends {
 }
 
 impl Appends {
-    /// Writes every run and syncs each file it wrote.
-    pub fn write_and_sync(&self) -> io::Result<()> {
-        for (file, offset, bytes) in &self.runs {
+    /// Writes every run and syncs each file it wrote. A run is padded with
+    /// zeros to the end of its last page: a write that ended inside a page
+    /// the kernel does not hold (a spare is written around its cache) would
+    /// first read that page from disk. The next run starts where its
+    /// records end, over the padding.
+    pub fn write_and_sync(&mut self) -> io::Result<()> {
+        for (file, offset, bytes) in &mut self.runs {
+            let end = *offset + bytes.len() as u64;
+            bytes.resize(bytes.len() + (end.next_multiple_of(PAGE) - end) as usize, 0);
             file.write_all_at(bytes, *offset)?;
         }
         for (file, _, _) in &self.runs {
@@ -196,15 +248,22 @@ pub struct ChunkLog {
     /// Segments whose live chunks were handed out for rewriting, until the
     /// commit that carries them ends.
     compacting: BTreeSet<u32>,
-    /// [`SEGMENT_BYTES`], but for tests.
+    /// The size of a segment: [`SEGMENT_BYTES`], but for tests.
     segment_bytes: u64,
+    spare: Spare,
+    /// The active segment takes no more appends: its records are followed
+    /// by bytes a crash left (see the module's documentation).
+    sealed: bool,
 }
 
 impl ChunkLog {
     /// Opens (creating when missing) `DIR/chunks` under the data dir and
-    /// every segment in it. Live counts start at zero: the store adds what
-    /// its index names with [`ChunkLog::count_live`].
-    pub fn open(data_dir: &Path) -> io::Result<ChunkLog> {
+    /// every segment in it, with segments of `segment_bytes`, and starts
+    /// preparing a spare if there is none. Live counts start at zero: the
+    /// store adds what its index names with [`ChunkLog::count_live`]. The
+    /// active segment's end is known once [`ChunkLog::replay`] has read it:
+    /// replay from the indexed position before the first append.
+    pub fn open(data_dir: &Path, segment_bytes: u64) -> io::Result<ChunkLog> {
         let dir = data_dir.join(DIR_NAME);
         std::fs::create_dir_all(&dir)?;
         let mut segments = BTreeMap::new();
@@ -226,20 +285,32 @@ impl ChunkLog {
                     file: Arc::new(file),
                     len,
                     live: 0,
+                    size: len,
                 },
             );
         }
+        // A preparation a crash cut short.
+        match std::fs::remove_file(dir.join(SPARE_TMP)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let spare = match std::fs::metadata(dir.join(SPARE_NAME)) {
+            Ok(_) => Spare::Ready,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Spare::Missing,
+            Err(e) => return Err(e),
+        };
         let mut log = ChunkLog {
             dir,
+            // The first segment is started by the first append, so that a
+            // new store's can be a spare prepared meanwhile.
+            active: segments.last_key_value().map_or(1, |(&n, _)| n),
             segments,
-            active: 0,
             compacting: BTreeSet::new(),
-            segment_bytes: SEGMENT_BYTES,
+            segment_bytes,
+            spare,
+            sealed: false,
         };
-        match log.segments.last_key_value() {
-            Some((&n, _)) => log.active = n,
-            None => log.start_segment(1)?,
-        }
+        log.prepare_spare();
         Ok(log)
     }
 
@@ -256,10 +327,18 @@ impl ChunkLog {
             .open(Self::path(dir, n))
     }
 
-    /// Creates segment `n` and makes it the active one. The folder is
-    /// synced, so the file's name is durable before any index entry names it.
+    /// Starts segment `n` and makes it the active one: the spare, renamed,
+    /// if one is ready, or else an empty file. The folder is synced, so the
+    /// file's name is durable before any index entry names it.
     fn start_segment(&mut self, n: u32) -> io::Result<()> {
-        let file = Self::open_segment(&self.dir, n, true)?;
+        let path = Self::path(&self.dir, n);
+        let prepared =
+            self.spare_ready() && std::fs::rename(self.dir.join(SPARE_NAME), &path).is_ok();
+        if prepared {
+            self.spare = Spare::Missing;
+        }
+        let file = Self::open_segment(&self.dir, n, !prepared)?;
+        let size = file.metadata()?.len();
         File::open(&self.dir)?.sync_all()?;
         self.segments.insert(
             n,
@@ -267,10 +346,57 @@ impl ChunkLog {
                 file: Arc::new(file),
                 len: 0,
                 live: 0,
+                size,
             },
         );
         self.active = n;
+        self.sealed = false;
+        self.prepare_spare();
         Ok(())
+    }
+
+    /// Whether a spare is on disk, ready to be renamed; takes note of a
+    /// preparation that has ended.
+    fn spare_ready(&mut self) -> bool {
+        if matches!(&self.spare, Spare::Preparing(h) if h.is_finished()) {
+            let Spare::Preparing(h) = std::mem::replace(&mut self.spare, Spare::Missing) else {
+                return false;
+            };
+            match h.join() {
+                Ok(Ok(true)) => self.spare = Spare::Ready,
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot prepare a chunk log segment"),
+                Err(_) => tracing::warn!("preparing a chunk log segment panicked"),
+            }
+        }
+        matches!(self.spare, Spare::Ready)
+    }
+
+    /// Starts preparing a spare in the background, unless one is ready or
+    /// being prepared.
+    fn prepare_spare(&mut self) {
+        if !matches!(self.spare, Spare::Missing) {
+            return;
+        }
+        let dir = self.dir.clone();
+        let bytes = self.segment_bytes;
+        match std::thread::Builder::new()
+            .name("shoal-log-spare".into())
+            .spawn(move || prepare(&dir, bytes))
+        {
+            Ok(h) => self.spare = Spare::Preparing(h),
+            Err(e) => tracing::warn!(error = %e, "cannot start preparing a chunk log segment"),
+        }
+    }
+
+    #[cfg(test)]
+    pub fn wait_for_spare(&mut self) -> bool {
+        if let Spare::Preparing(h) = &self.spare {
+            while !h.is_finished() {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        self.spare_ready()
     }
 
     /// Counts `loc` as named by the committed index (at open).
@@ -294,9 +420,12 @@ impl ChunkLog {
     pub fn append(&mut self, batch: &mut Appends, key: &[u8], value: &[u8]) -> io::Result<Loc> {
         let header = header(key, value).ok_or(io::ErrorKind::InvalidInput)?;
         let record = (HEADER_LEN + key.len() + value.len()) as u64;
-        let active_len = self.segments.get(&self.active).map_or(0, |s| s.len);
-        if active_len > 0 && active_len + record > self.segment_bytes {
-            self.start_segment(self.active + 1)?;
+        match self.segments.get(&self.active).map(|s| s.len) {
+            None => self.start_segment(self.active)?,
+            Some(len) if self.sealed || (len > 0 && len + record > self.segment_bytes) => {
+                self.start_segment(self.active + 1)?
+            }
+            Some(_) => {}
         }
         let segment = self
             .segments
@@ -337,10 +466,14 @@ impl ChunkLog {
 
     /// Hands `found` every intact record from `from` to the end of the log,
     /// in order: its key and its value's location. A segment's replay ends
-    /// at its first record that is cut short or damaged. Reads each
-    /// segment once, from `from` on.
-    pub fn replay(&self, from: Position, mut found: impl FnMut(&[u8], Loc)) -> io::Result<()> {
-        for (&n, segment) in self.segments.range(from.segment..) {
+    /// at its first record that is cut short or damaged, or at the zeros
+    /// of a prepared segment's unwritten tail. Reads each segment once,
+    /// from `from` on. Appends then go on after the active segment's last
+    /// intact record, or to a new segment when bytes other than zeros
+    /// follow it.
+    pub fn replay(&mut self, from: Position, mut found: impl FnMut(&[u8], Loc)) -> io::Result<()> {
+        let active = self.active;
+        for (&n, segment) in self.segments.range_mut(from.segment..) {
             let start = if n == from.segment { from.offset } else { 0 };
             if start >= segment.len {
                 continue;
@@ -357,13 +490,21 @@ impl ChunkLog {
                 found(key, loc);
                 at += end;
             }
-            if at < bytes.len() {
+            let clean = bytes[at..].iter().all(|&b| b == 0);
+            if !clean {
                 tracing::warn!(
                     segment = n,
                     offset = start + at as u64,
                     bytes = bytes.len() - at,
                     "the chunk log ends in a record cut short or damaged; replay skips it"
                 );
+            }
+            if n == active {
+                if clean {
+                    segment.len = start + at as u64;
+                } else {
+                    self.sealed = true;
+                }
             }
         }
         Ok(())
@@ -438,9 +579,14 @@ impl ChunkLog {
         picked
     }
 
-    /// Bytes in every segment, live or not.
+    /// Bytes the segment files take, live or not, and the spare's.
     pub fn disk_bytes(&self) -> u64 {
-        self.segments.values().map(|s| s.len).sum()
+        let spare = match self.spare {
+            Spare::Ready => self.segment_bytes,
+            _ => 0,
+        };
+        let segments: u64 = self.segments.values().map(|s| s.len.max(s.size)).sum();
+        segments + spare
     }
 
     #[cfg(test)]
@@ -449,14 +595,89 @@ impl ChunkLog {
     }
 
     #[cfg(test)]
-    pub fn segment_count(&self) -> usize {
-        self.segments.len()
+    pub fn appended_bytes(&self) -> u64 {
+        self.segments.values().map(|s| s.len).sum()
     }
 
     #[cfg(test)]
-    pub fn set_segment_bytes(&mut self, bytes: u64) {
-        self.segment_bytes = bytes;
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
     }
+}
+
+impl Drop for ChunkLog {
+    fn drop(&mut self) {
+        // Not left writing into a folder its owner may be about to delete.
+        if let Spare::Preparing(h) = std::mem::replace(&mut self.spare, Spare::Missing) {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Writes a segment's worth of zeros (`bytes`, to a whole page) into
+/// `DIR/spare.tmp`, syncs it, and renames it `DIR/spare`. Makes none
+/// (`Ok(false)`) when the file system would keep less than a segment free
+/// after it: that room is for the chunks themselves.
+fn prepare(dir: &Path, bytes: u64) -> io::Result<bool> {
+    let bytes = bytes.next_multiple_of(PAGE);
+    let fs = rustix::fs::statvfs(dir)?;
+    let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+    if free < bytes.saturating_mul(2) {
+        return Ok(false);
+    }
+    // Beside a busy node: at the lowest CPU priority.
+    let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19);
+    let tmp = dir.join(SPARE_TMP);
+    let written = match write_zeros(&tmp, bytes, true) {
+        // No direct I/O on this file system.
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+            write_zeros(&tmp, bytes, false)
+        }
+        other => other,
+    }
+    .and_then(|()| std::fs::rename(&tmp, dir.join(SPARE_NAME)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map(|()| true)
+}
+
+/// Creates `path` with `bytes` of zeros, synced. With `direct`, around the
+/// page cache: copying zeros into it costs more than the disk write, and a
+/// spare's pages are not read before they are written again. A piece at a
+/// time, each synced, so its writes never queue far ahead of the log's
+/// syncs (which would wait for them).
+fn write_zeros(path: &Path, bytes: u64, direct: bool) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = if direct {
+        rustix::fs::OFlags::DIRECT.bits()
+    } else {
+        0
+    };
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(flags as i32)
+        .open(path)?;
+    // Reserve the blocks first, so a disk filling meanwhile fails this at
+    // once rather than midway (where unsupported, the zeros do it).
+    match rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, bytes) {
+        Err(rustix::io::Errno::OPNOTSUPP) | Ok(()) => {}
+        Err(e) => return Err(e.into()),
+    }
+    // Direct I/O wants a buffer aligned to the page.
+    let buffer = vec![0u8; PREPARE_PIECE + PAGE as usize];
+    let start = buffer.as_ptr().align_offset(PAGE as usize);
+    let zeros = &buffer[start..start + PREPARE_PIECE];
+    let mut at = 0u64;
+    while at < bytes {
+        let n = (bytes - at).min(zeros.len() as u64);
+        file.write_all_at(&zeros[..n as usize], at)?;
+        file.sync_data()?;
+        at += n;
+    }
+    file.sync_all()
 }
 
 #[cfg(test)]
@@ -478,8 +699,9 @@ mod tests {
     #[test]
     fn appends_read_back_roll_over_and_empty_segments_go() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = ChunkLog::open(dir.path()).unwrap();
-        let big = vec![0xabu8; (SEGMENT_BYTES / 2 + 1) as usize];
+        const SEGMENT: u64 = 64 << 10;
+        let mut log = ChunkLog::open(dir.path(), SEGMENT).unwrap();
+        let big = vec![0xabu8; (SEGMENT / 2 + 1) as usize];
         let mut batch = Appends::default();
         let a = log.append(&mut batch, b"a", b"hello").unwrap();
         let b = log.append(&mut batch, b"b", &big).unwrap();
@@ -504,9 +726,20 @@ mod tests {
         assert_eq!(log.segment_count(), 1);
         assert!(log.read(a, &mut out).is_err(), "segment 1 is gone");
 
-        // Reopened, the segment is still there with its bytes.
+        // Reopened, the segment is still there with its bytes, and the
+        // replay finds where they end.
         drop(log);
-        let mut log = ChunkLog::open(dir.path()).unwrap();
+        let mut log = ChunkLog::open(dir.path(), SEGMENT).unwrap();
+        let mut found = Vec::new();
+        log.replay(
+            Position {
+                segment: 2,
+                offset: 0,
+            },
+            |key, loc| found.push((key.to_vec(), loc)),
+        )
+        .unwrap();
+        assert_eq!(found, [(b"c".to_vec(), c)]);
         log.count_live(c);
         log.read(c, &mut out).unwrap();
         assert_eq!(out, big);
@@ -522,8 +755,7 @@ mod tests {
     #[test]
     fn replay_finds_every_intact_record_and_stops_at_a_damaged_one() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = ChunkLog::open(dir.path()).unwrap();
-        log.set_segment_bytes(110); // two records of 52 bytes
+        let mut log = ChunkLog::open(dir.path(), 110).unwrap(); // two records of 52 bytes
         let mut batch = Appends::default();
         let first = log.append(&mut batch, b"k1", &[1; 40]).unwrap();
         let from = log.end();
@@ -532,14 +764,14 @@ mod tests {
         assert_eq!((first.segment, second.segment, third.segment), (1, 1, 2));
         batch.write_and_sync().unwrap();
 
-        let replayed = |log: &ChunkLog, from| {
+        let replayed = |log: &mut ChunkLog, from| {
             let mut found = Vec::new();
             log.replay(from, |key, loc| found.push((key.to_vec(), loc)))
                 .unwrap();
             found
         };
         let all = replayed(
-            &log,
+            &mut log,
             Position {
                 segment: 1,
                 offset: 0,
@@ -553,7 +785,7 @@ mod tests {
                 (b"k3".to_vec(), third)
             ]
         );
-        assert_eq!(replayed(&log, from), all[1..]);
+        assert_eq!(replayed(&mut log, from), all[1..]);
         let mut out = [0u8; 40];
         log.read(third, &mut out).unwrap();
         assert_eq!(out, [3; 40]);
@@ -569,9 +801,9 @@ mod tests {
         let (file, at, bytes) = &torn.runs[0];
         file.write_all_at(&bytes[..bytes.len() - 1], *at).unwrap();
         drop(torn);
-        let log = ChunkLog::open(dir.path()).unwrap();
+        let mut log = ChunkLog::open(dir.path(), 110).unwrap();
         let found = replayed(
-            &log,
+            &mut log,
             Position {
                 segment: 1,
                 offset: 0,
