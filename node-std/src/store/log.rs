@@ -210,9 +210,20 @@ enum Spare {
 pub struct Appends {
     /// Per segment touched: the file, where the run starts, its bytes.
     runs: Vec<(Arc<File>, u64, Vec<u8>)>,
+    /// The bytes a new run reserves room for.
+    expect: usize,
 }
 
 impl Appends {
+    /// Appends of about `records` bytes of records (a run reserves them
+    /// at once, rather than growing, and copying, as they come).
+    pub fn with_capacity(records: usize) -> Appends {
+        Appends {
+            runs: Vec::new(),
+            expect: records,
+        }
+    }
+
     /// Writes every run and syncs each file it wrote. A run is padded with
     /// zeros to the end of its last page: a write that ended inside a page
     /// the kernel does not hold (a spare is written around its cache) would
@@ -413,6 +424,11 @@ impl ChunkLog {
         }
     }
 
+    /// The bytes of a record holding `key` and `value`.
+    pub fn record_len(key: &[u8], value: &[u8]) -> usize {
+        HEADER_LEN + key.len() + value.len()
+    }
+
     /// Places a record of `key` and `value` at the end of the active
     /// segment, starting the next segment first when it would pass
     /// [`SEGMENT_BYTES`], and adds it to `batch`. The location is the
@@ -445,7 +461,10 @@ impl ChunkLog {
                 bytes
             }
             _ => {
-                batch.runs.push((segment.file.clone(), start, Vec::new()));
+                let room = batch.expect.next_multiple_of(PAGE as usize);
+                batch
+                    .runs
+                    .push((segment.file.clone(), start, Vec::with_capacity(room)));
                 &mut batch.runs.last_mut().ok_or(io::ErrorKind::NotFound)?.2
             }
         };
