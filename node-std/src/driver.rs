@@ -27,7 +27,7 @@ use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny, sendmm
 use shoal_core::Instant;
 use shoal_core::link::run::{self, Run};
 use shoal_core::member::MemberEvent;
-use shoal_core::node::{EVENTS, Event, MAX_MESSAGE, Node};
+use shoal_core::node::{EVENTS, Event, HOST_OPS, MAX_MESSAGE, Node};
 use shoal_core::store::Storage;
 use shoal_core::wire::MAX_DATAGRAM;
 use tokio::io::Interest;
@@ -39,7 +39,7 @@ use crate::status::{MemberView, Snapshot};
 
 /// The node as hosts run it on store `S`: 256 members, 288 link peers,
 /// 1024 link slots, 128 quorum operations coordinated at once.
-pub type HostNode<S> = Node<S, 256, 288, 1024, MAX_MESSAGE, EVENTS, 128>;
+pub type HostNode<S> = Node<S, 256, 288, 1024, MAX_MESSAGE, EVENTS, 256, HOST_OPS>;
 
 /// Most datagrams gathered before they go to the socket.
 const TX_BATCH: usize = 64;

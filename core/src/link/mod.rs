@@ -287,7 +287,49 @@ pub const BURST: u8 = 16;
 /// The receiver's span: it takes fragments up to this many sequence numbers
 /// past the first it is missing, and a sender keeps every fragment it sends
 /// within this many of its oldest unacknowledged one.
-pub const SPAN: u32 = 128;
+pub const SPAN: u32 = 256;
+
+/// Which of the [`SPAN`] sequence numbers from the first one missing were
+/// received: a ring of bits indexed by sequence number modulo the span,
+/// the bit of a sequence number cleared once the receiver moves past it.
+/// 32 bytes per peer; words of 32 bits suit a microcontroller.
+#[derive(Clone, Copy, Debug, Default)]
+struct RxBits([u32; SPAN as usize / 32]);
+
+impl RxBits {
+    fn at(seq: u32) -> (usize, u32) {
+        let i = seq % SPAN;
+        ((i / 32) as usize, 1 << (i % 32))
+    }
+
+    fn has(&self, seq: u32) -> bool {
+        let (w, bit) = Self::at(seq);
+        self.0[w] & bit != 0
+    }
+
+    fn set(&mut self, seq: u32) {
+        let (w, bit) = Self::at(seq);
+        self.0[w] |= bit;
+    }
+
+    fn clear(&mut self, seq: u32) {
+        let (w, bit) = Self::at(seq);
+        self.0[w] &= !bit;
+    }
+
+    /// Bit `k`: sequence number `from + k` was received.
+    fn from(&self, from: u32) -> u32 {
+        let i = from % SPAN;
+        let (w, shift) = ((i / 32) as usize, i % 32);
+        let words = self.0.len();
+        let low = self.0[w] >> shift;
+        let high = match shift {
+            0 => 0,
+            _ => self.0[(w + 1) % words] << (32 - shift),
+        };
+        low | high
+    }
+}
 
 #[derive(Clone, Debug)]
 struct Peer<const S: usize> {
@@ -307,8 +349,8 @@ struct Peer<const S: usize> {
     /// Generation of the peer's stream to this node, once opened.
     rx_stream: Option<u16>,
     rx_next: u32,
-    /// Bit `i`: seq `rx_next + i` was received (bit 0 is always clear).
-    rx_bits: u128,
+    /// The fragments received from `rx_next` on (`rx_next`'s never is).
+    rx_bits: RxBits,
     ack_pending: bool,
     ack_now: bool,
     ack_due: Option<Instant>,
@@ -330,7 +372,7 @@ impl<const S: usize> Peer<S> {
             opening: true,
             rx_stream: None,
             rx_next: 0,
-            rx_bits: 0,
+            rx_bits: RxBits::default(),
             ack_pending: false,
             ack_now: false,
             ack_due: None,
@@ -343,7 +385,7 @@ impl<const S: usize> Peer<S> {
         Some(Ack {
             stream: self.rx_stream?,
             next: self.rx_next,
-            sack: (self.rx_bits >> 1) as u32,
+            sack: self.rx_bits.from(self.rx_next.wrapping_add(1)),
         })
     }
 }
@@ -814,7 +856,7 @@ impl<const P: usize, const S: usize> Link<P, S> {
         if let Some(p) = self.peers.iter_mut().find(|p| p.id == peer) {
             p.rx_stream = None;
             p.rx_next = 0;
-            p.rx_bits = 0;
+            p.rx_bits = RxBits::default();
             p.ack_pending = false;
             p.ack_due = None;
         }
@@ -996,7 +1038,7 @@ impl<const P: usize, const S: usize> Link<P, S> {
                 let pe = &mut self.peers[p];
                 pe.rx_stream = Some(stream);
                 pe.rx_next = 0;
-                pe.rx_bits = 0;
+                pe.rx_bits = RxBits::default();
             }
             _ => {
                 // The sender believes in a stream we hold no state for.
@@ -1009,7 +1051,7 @@ impl<const P: usize, const S: usize> Link<P, S> {
             }
         }
         let off = seq.wrapping_sub(self.peers[p].rx_next);
-        if off > u32::MAX / 2 || (off < SPAN && self.peers[p].rx_bits & (1 << off) != 0) {
+        if off > u32::MAX / 2 || (off < SPAN && self.peers[p].rx_bits.has(seq)) {
             self.stats.duplicates += 1;
             self.schedule_ack(now, p, true);
             return;
@@ -1058,9 +1100,9 @@ impl<const P: usize, const S: usize> Link<P, S> {
         m.lens[f] = payload.len() as u16;
         m.have |= 1 << f;
         let pe = &mut self.peers[p];
-        pe.rx_bits |= 1 << off;
-        while pe.rx_bits & 1 != 0 {
-            pe.rx_bits >>= 1;
+        pe.rx_bits.set(seq);
+        while pe.rx_bits.has(pe.rx_next) {
+            pe.rx_bits.clear(pe.rx_next);
             pe.rx_next = pe.rx_next.wrapping_add(1);
         }
         self.schedule_ack(now, p, off != 0);

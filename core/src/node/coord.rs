@@ -142,8 +142,15 @@ fn store_error(e: StoreError) -> RemoteError {
     }
 }
 
-impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize, const C: usize>
-    Engine<St, M, P, S, E, C>
+impl<
+    St: Storage,
+    const M: usize,
+    const P: usize,
+    const S: usize,
+    const E: usize,
+    const C: usize,
+    const O: usize,
+> Engine<St, M, P, S, E, C, O>
 {
     pub(super) fn wall_ms(&self, now: Instant) -> u64 {
         self.data.wall_ms_at_zero + now.as_micros() / 1000

@@ -60,8 +60,15 @@ pub(super) struct Expansion {
     next: usize,
 }
 
-impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize, const C: usize>
-    Engine<St, M, P, S, E, C>
+impl<
+    St: Storage,
+    const M: usize,
+    const P: usize,
+    const S: usize,
+    const E: usize,
+    const C: usize,
+    const O: usize,
+> Engine<St, M, P, S, E, C, O>
 {
     /// The current GC round.
     pub(super) fn gc_round(&self, now: Instant) -> u64 {

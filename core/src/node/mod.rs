@@ -67,7 +67,14 @@ pub const MAX_HOPS: u8 = 3;
 /// once: the default of [`Node`]'s `C`.
 pub const COORDS: usize = 32;
 
-const OPS: usize = 64;
+/// Requests a node has out at once, waiting for their answers (a client's
+/// commands among them): the default of [`Node`]'s `O`. Hosts and clients
+/// keep more, to fill a wider link window (see `HOST_OPS`).
+pub const OPS: usize = 64;
+
+/// Requests in flight hosts and clients keep: enough for two link windows
+/// of 2 KiB chunks ([`HOST_WINDOW`] fragments each way).
+pub const HOST_OPS: usize = 128;
 const FORWARDS: usize = 64;
 const STRANGERS: usize = 32;
 
@@ -210,12 +217,13 @@ pub struct Node<
     const B: usize = MAX_MESSAGE,
     const E: usize = EVENTS,
     const C: usize = COORDS,
+    const O: usize = OPS,
 > {
     scratch: [u8; B],
     aux: [u8; B],
     inbox: [u8; B],
     inbox_len: usize,
-    engine: Engine<St, M, P, S, E, C>,
+    engine: Engine<St, M, P, S, E, C, O>,
 }
 
 /// The node's spare buffers, lent to the engine while it works.
@@ -234,6 +242,7 @@ struct Engine<
     const S: usize,
     const E: usize,
     const C: usize,
+    const O: usize,
 > {
     id: NodeId,
     sealer: Sealer,
@@ -243,7 +252,7 @@ struct Engine<
     role: Role,
     contact: Option<Contact>,
     strangers: heapless::Vec<(NodeId, SocketAddr), STRANGERS>,
-    ops: heapless::Vec<Op, OPS>,
+    ops: heapless::Vec<Op, O>,
     forwards: heapless::Vec<Forward, FORWARDS>,
     next_request: u64,
     events: heapless::Deque<Event, E>,
@@ -286,7 +295,8 @@ impl<
     const B: usize,
     const E: usize,
     const C: usize,
-> Node<St, M, P, S, B, E, C>
+    const O: usize,
+> Node<St, M, P, S, B, E, C, O>
 {
     /// A node that knows only itself, keeping its data in `store`. `seed`
     /// fixes every random choice it makes (probe order, gossip targets).
@@ -352,7 +362,7 @@ impl<
     }
 
     /// The message buffer, the spare buffers and the engine, borrowed apart.
-    fn parts(&mut self) -> (&mut [u8], Spare<'_>, &mut Engine<St, M, P, S, E, C>) {
+    fn parts(&mut self) -> (&mut [u8], Spare<'_>, &mut Engine<St, M, P, S, E, C, O>) {
         let Node {
             scratch,
             aux,
@@ -654,8 +664,15 @@ impl<
     }
 }
 
-impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize, const C: usize>
-    Engine<St, M, P, S, E, C>
+impl<
+    St: Storage,
+    const M: usize,
+    const P: usize,
+    const S: usize,
+    const E: usize,
+    const C: usize,
+    const O: usize,
+> Engine<St, M, P, S, E, C, O>
 {
     fn take_request_id(&mut self) -> u64 {
         let id = self.next_request;

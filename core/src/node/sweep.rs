@@ -80,8 +80,15 @@ pub(super) struct Handoff {
     waiting: heapless::Vec<u64, MAX_REPLICAS>,
 }
 
-impl<St: Storage, const M: usize, const P: usize, const S: usize, const E: usize, const C: usize>
-    Engine<St, M, P, S, E, C>
+impl<
+    St: Storage,
+    const M: usize,
+    const P: usize,
+    const S: usize,
+    const E: usize,
+    const C: usize,
+    const O: usize,
+> Engine<St, M, P, S, E, C, O>
 {
     /// The membership changed: sweep soon.
     pub(super) fn sweep_soon(&mut self, now: Instant) {

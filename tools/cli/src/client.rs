@@ -34,7 +34,8 @@ use std::time::{Duration as StdDuration, Instant as StdInstant, SystemTime, UNIX
 use shoal_core::link::LinkConfig;
 use shoal_core::member::{MemberConfig, Profile, Record};
 use shoal_core::node::{
-    CommandError, Event, Node, NodeConfig, OpFailure, OpId, RemoteError, Request, Response, Role,
+    COORDS, CommandError, EVENTS, Event, HOST_OPS, MAX_MESSAGE, Node, NodeConfig, OpFailure, OpId,
+    RemoteError, Request, Response, Role,
 };
 use shoal_core::repl::{Hlc, HlcClock};
 use shoal_core::store::RamStore;
@@ -43,7 +44,7 @@ use shoal_core::{Duration, Instant, NodeId, NodeKind, Pool, PoolSet};
 
 /// The client's node: a few member entries (it tracks none), a few link
 /// peers (it talks to one), and link slots for many requests in flight.
-pub type ClientNode = Node<RamStore<0, 0>, 8, 8, 512>;
+pub type ClientNode = Node<RamStore<0, 0>, 8, 8, 512, MAX_MESSAGE, EVENTS, COORDS, HOST_OPS>;
 
 /// The socket buffers a client asks for, each way (Linux grants at most
 /// `net.core.rmem_max` / `wmem_max`).
@@ -56,8 +57,8 @@ const RX_BATCH: usize = 32;
 /// Most datagrams gathered from the node per send pass.
 const TX_BATCH: usize = 64;
 
-/// Most requests one client keeps in flight (the core's operation table).
-pub const MAX_IN_FLIGHT: usize = 64;
+/// Most requests one client keeps in flight (its operation table).
+pub const MAX_IN_FLIGHT: usize = HOST_OPS;
 
 /// Where to connect and how long to wait.
 #[derive(Clone, Debug)]

@@ -13,12 +13,14 @@ use shoal_core::link::FRAGMENT;
 use shoal_core::node::HOST_QUEUE;
 use shoal_core::node::{OpFailure, RemoteError, Request};
 
-use crate::client::{Client, Reply, Requests};
+use crate::client::{Client, MAX_IN_FLIGHT, Reply, Requests};
 
 /// Requests a command keeps in flight: the client's operation table holds
-/// 64, and a host coordinates up to 128 quorum operations at once (each
-/// ChunkWrite or ChunkRead holds one), so two clients at full window fit.
-pub const WINDOW: usize = 64;
+/// 128 ([`MAX_IN_FLIGHT`]), and a host coordinates up to 256 quorum
+/// operations at once (each ChunkWrite or ChunkRead holds one), so two
+/// clients at full window fit. 128 chunks of 2 KiB are 256 fragments, one
+/// link window ([`HOST_WINDOW`](shoal_core::node::HOST_WINDOW)).
+pub const WINDOW: usize = MAX_IN_FLIGHT;
 
 /// Requests in flight for chunks of `chunk_size` bytes: at most
 /// [`WINDOW`], and few enough that their messages fit the link's queue to
@@ -231,8 +233,8 @@ mod tests {
     fn windows_fit_the_peer_queue() {
         assert_eq!(chunk_window(2048), WINDOW);
         assert_eq!(chunk_window(1024), WINDOW);
-        // 14 fragments each: 256 / 14 = 18, less 2 to spare.
-        assert_eq!(chunk_window(15 * 1024), 16);
+        // 14 fragments each: 512 / 14 = 36, less 2 to spare.
+        assert_eq!(chunk_window(15 * 1024), 34);
         for size in shoal_core::fs::CHUNK_SIZES.step_by(512) {
             let w = chunk_window(size);
             let fragments = (size as usize + 64).div_ceil(FRAGMENT);
