@@ -224,7 +224,7 @@ fn thousand_messages_over_loss_duplication_and_reordering_arrive_exactly_once() 
 /// The same with the hosts' settings: 128 fragments in flight (far past
 /// the 32 the selective ack covers) and an ack every 8 frames.
 #[test]
-fn the_same_with_a_host_window_of_128_and_sparse_acks() {
+fn the_same_with_the_host_window_and_sparse_acks() {
     // A link with 512 slots is built on the stack first.
     std::thread::Builder::new()
         .stack_size(64 << 20)

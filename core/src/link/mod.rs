@@ -356,6 +356,12 @@ struct Peer<const S: usize> {
     ack_due: Option<Instant>,
     rx_since_ack: u8,
     resets: heapless::Vec<(u16, u32), 4>,
+    /// No fragment sent to this peer and not yet acknowledged has a
+    /// deadline before this (`None`: none has one). A bound, not the
+    /// earliest deadline: lowered when a deadline is set, made exact when a
+    /// scan of the queue finds it passed. It spares a scan of the whole
+    /// queue per fragment sent while no retransmission can be due.
+    due_from: Option<Instant>,
 }
 
 impl<const S: usize> Peer<S> {
@@ -378,6 +384,7 @@ impl<const S: usize> Peer<S> {
             ack_due: None,
             rx_since_ack: 0,
             resets: heapless::Vec::new(),
+            due_from: None,
         }
     }
 
@@ -669,10 +676,17 @@ impl<const P: usize, const S: usize> Link<P, S> {
     pub fn handle_timeout(&mut self, now: Instant) {
         let max = self.config.max_retransmits;
         for p in 0..self.peers.len() {
+            if self.peers[p].due_from.is_none_or(|d| d > now) {
+                continue;
+            }
             let expired = self.slots(&self.peers[p]).any(|t| {
                 !t.acked && t.sent_at.is_some() && t.deadline <= now && t.retransmits >= max
             });
-            if expired {
+            if !expired {
+                // Makes the peer's bound exact, so `poll_timeout` does not
+                // keep returning a deadline that has gone.
+                let _ = self.due_of(now, p);
+            } else {
                 // The peer stopped answering: every unfinished message to it
                 // fails now, so none waits behind a dead window.
                 self.fail_all(p, FailReason::TimedOut);
@@ -750,14 +764,12 @@ impl<const P: usize, const S: usize> Link<P, S> {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut t: Option<Instant> = None;
         let mut earliest = |x: Instant| t = Some(t.map_or(x, |t| t.min(x)));
+        // A deadline's bound may be early: a spurious wake-up does nothing
+        // but make it exact (see `due_of`).
         for p in &self.peers {
-            for s in self.slots(p) {
-                if !s.acked && s.sent_at.is_some() {
-                    earliest(s.deadline);
-                }
+            if let Some(d) = p.due_from {
+                earliest(d);
             }
-        }
-        for p in &self.peers {
             if let Some(d) = p.ack_due {
                 earliest(d);
             }
@@ -943,6 +955,7 @@ impl<const P: usize, const S: usize> Link<P, S> {
         // on their way when it was last sent do not trigger it again).
         if let Some(h) = highest_sacked {
             let rtt = self.peers[p].rtt.srtt().unwrap_or(self.config.rto_min);
+            let mut fast = false;
             for &i in self.peers[p].tx.iter() {
                 if let Some(t) = self.tx.get_mut(usize::from(i)).and_then(Option::as_mut) {
                     let off = t.seq.wrapping_sub(ack.next);
@@ -950,8 +963,13 @@ impl<const P: usize, const S: usize> Link<P, S> {
                     if !t.acked && aged && off + 3 <= h && t.deadline > now {
                         t.deadline = now;
                         t.fast = true;
+                        fast = true;
                     }
                 }
+            }
+            if fast {
+                let pe = &mut self.peers[p];
+                pe.due_from = Some(pe.due_from.map_or(now, |d| d.min(now)));
             }
         }
         if !newly_acked {
@@ -1174,7 +1192,9 @@ impl<const P: usize, const S: usize> Link<P, S> {
         let slot = self.tx[i].as_mut()?;
         let backoff = rto.saturating_mul(1 << slot.retransmits.min(16));
         slot.deadline = now + backoff.min(rto_max.max(rto));
+        let deadline = slot.deadline;
         let pe = &mut self.peers[p];
+        pe.due_from = Some(pe.due_from.map_or(deadline, |d| d.min(deadline)));
         pe.ack_pending = false;
         pe.ack_now = false;
         pe.ack_due = None;
@@ -1215,7 +1235,7 @@ impl<const P: usize, const S: usize> Link<P, S> {
     }
 
     /// [`Link::next_fragment`] for peer `p` alone.
-    fn next_fragment_of(&self, now: Instant, p: usize) -> Option<(usize, bool)> {
+    fn next_fragment_of(&mut self, now: Instant, p: usize) -> Option<(usize, bool)> {
         match self.due_of(now, p) {
             Some((i, _)) => Some((i, false)),
             None => self.unsent_of(p),
@@ -1223,19 +1243,28 @@ impl<const P: usize, const S: usize> Link<P, S> {
     }
 
     /// Peer `p`'s retransmission due soonest, if one is due: its slot and
-    /// deadline.
-    fn due_of(&self, now: Instant, p: usize) -> Option<(usize, Instant)> {
+    /// deadline. Scans the peer's queue only once a deadline may have
+    /// passed, and then makes `due_from` exact.
+    fn due_of(&mut self, now: Instant, p: usize) -> Option<(usize, Instant)> {
+        if self.peers[p].due_from.is_none_or(|d| d > now) {
+            return None;
+        }
         let max = self.config.max_retransmits;
         let mut due: Option<(usize, Instant)> = None;
+        let mut earliest: Option<Instant> = None;
         for &i in self.peers[p].tx.iter() {
             let Some(t) = self.tx.get(usize::from(i)).and_then(Option::as_ref) else {
                 continue;
             };
-            let ready = !t.acked && t.sent_at.is_some() && t.deadline <= now;
-            if ready && t.retransmits < max && due.is_none_or(|(_, d)| t.deadline < d) {
+            if t.acked || t.sent_at.is_none() {
+                continue;
+            }
+            earliest = Some(earliest.map_or(t.deadline, |e| e.min(t.deadline)));
+            if t.deadline <= now && t.retransmits < max && due.is_none_or(|(_, d)| t.deadline < d) {
                 due = Some((usize::from(i), t.deadline));
             }
         }
+        self.peers[p].due_from = earliest;
         due
     }
 
