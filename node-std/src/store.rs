@@ -1700,8 +1700,9 @@ mod tests {
         dir.join(log::DIR_NAME).join(format!("{n:08}.log"))
     }
 
-    /// Where the chunk log's records end in `segment`: the first zero
-    /// byte after `from` that starts no record (records start with 0xc5).
+    /// Where the chunk log's records end in `segment`: walking from its
+    /// start record by record, the first place holding a zero byte (a
+    /// record starts with 0xc5).
     fn records_end(segment: &Path) -> u64 {
         let bytes = std::fs::read(segment).unwrap();
         let mut at = 0;

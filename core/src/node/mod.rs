@@ -72,8 +72,8 @@ pub const COORDS: usize = 32;
 /// keep more, to fill a wider link window (see `HOST_OPS`).
 pub const OPS: usize = 64;
 
-/// Requests in flight hosts and clients keep: enough for two link windows
-/// of 2 KiB chunks ([`HOST_WINDOW`] fragments each way).
+/// Requests in flight hosts and clients keep: enough to fill a link window
+/// ([`HOST_WINDOW`] fragments) with 2 KiB chunks, two fragments each.
 pub const HOST_OPS: usize = 128;
 const FORWARDS: usize = 64;
 const STRANGERS: usize = 32;

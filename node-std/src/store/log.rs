@@ -343,11 +343,17 @@ impl ChunkLog {
     /// file's name is durable before any index entry names it.
     fn start_segment(&mut self, n: u32) -> io::Result<()> {
         let path = Self::path(&self.dir, n);
-        let prepared =
-            self.spare_ready() && std::fs::rename(self.dir.join(SPARE_NAME), &path).is_ok();
-        if prepared {
+        let prepared = self.spare_ready() && {
+            // Taken, or gone: either way the next one is prepared anew.
             self.spare = Spare::Missing;
-        }
+            match std::fs::rename(self.dir.join(SPARE_NAME), &path) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot take the prepared chunk log segment");
+                    false
+                }
+            }
+        };
         let file = Self::open_segment(&self.dir, n, !prepared)?;
         let size = file.metadata()?.len();
         File::open(&self.dir)?.sync_all()?;
@@ -435,7 +441,7 @@ impl ChunkLog {
     /// value's.
     pub fn append(&mut self, batch: &mut Appends, key: &[u8], value: &[u8]) -> io::Result<Loc> {
         let header = header(key, value).ok_or(io::ErrorKind::InvalidInput)?;
-        let record = (HEADER_LEN + key.len() + value.len()) as u64;
+        let record = Self::record_len(key, value) as u64;
         match self.segments.get(&self.active).map(|s| s.len) {
             None => self.start_segment(self.active)?,
             Some(len) if self.sealed || (len > 0 && len + record > self.segment_bytes) => {
